@@ -1,0 +1,163 @@
+"""Experiment configuration: typed, validated, loaded from YAML with `key=value` overrides.
+
+Every section forbids unknown keys, so a typo fails loudly with the nearest valid key suggested
+instead of silently training with a default.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from etarec.errors import EtarecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EventsColumns(_Section):
+    """Column mapping of a user's own events file (CSV or Parquet)."""
+
+    user: str = "user"
+    item: str = "item"
+    category: str | None = None
+    timestamp: str | None = "timestamp"
+    order: str | None = None
+    action: str | None = None
+    label: str | None = None
+
+
+class DataConfig(_Section):
+    dataset: Literal["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events"] = "ml-latest-small"
+    path: str | None = None  # raw data; None -> the dataset's default location
+    prepared_dir: str | None = None  # None -> prepared/<dataset>
+    columns: EventsColumns = Field(default_factory=EventsColumns)  # dataset: events only
+    positive_threshold: float = 4.0  # MovieLens and events with a rating action: label = rating >= this
+    seed: int = 2024  # negatives and user split of the last-behaviour (MIMN) protocol
+
+
+class ModelConfig(_Section):
+    name: str = "eta"
+    embedding_dim: int = Field(32, ge=1)  # per feature (item, category, action, time, user ...)
+    long_len: int = Field(256, ge=1)  # L: behaviours in the long window
+    short_len: int = Field(50, ge=0)  # S: most recent behaviours for the short-interest attention
+    hash_bits: int = Field(64, ge=1)  # m
+    top_k: int = Field(64, ge=1)  # k
+    heads: int = Field(2, ge=1)
+    attention_dim: int = Field(64, ge=1)
+    attention: Literal["multihead", "din"] = "multihead"
+    din_attention_units: list[int] = Field(default_factory=lambda: [64])
+    use_time: bool = False  # "+time": bucketised time-gap embedding on behaviours
+    use_action: bool = False  # embed each behaviour's action (rating, click type)
+    use_user_features: bool = True  # user id embedding (+ profile features where the data has them)
+    mlp: list[int] = Field(default_factory=lambda: [200, 80])
+    activation: Literal["relu", "prelu", "dice"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    hash_seed: int = 0  # seed of the fixed SimHash projection
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> "ModelConfig":
+        if self.top_k > self.long_len:
+            raise ValueError(
+                f"top_k={self.top_k} > long_len={self.long_len}: retrieval cannot keep more "
+                "behaviours than the window holds; lower model.top_k or raise model.long_len"
+            )
+        if self.short_len > self.long_len:
+            raise ValueError(
+                f"short_len={self.short_len} > long_len={self.long_len}: the short window is the "
+                "most recent part of the long one; lower model.short_len"
+            )
+        if self.attention_dim % self.heads:
+            raise ValueError(
+                f"attention_dim={self.attention_dim} is not divisible by heads={self.heads}"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = 10.0
+    patience: int = Field(1, ge=0)  # epochs without a better valid AUC before stopping
+    seed: int = 2024
+    threads: int | None = None  # torch intra-op threads; None -> torch's default
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_valid_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        nearest = difflib.get_close_matches(key, _valid_keys(Config), n=1, cutoff=0.5)
+        hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+        return f"unknown config key '{key}'{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    if key:
+        return f"invalid config value for '{key}': {message}"
+    return f"invalid config: {message}"
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise EtarecError(f"override '{text}' is not key=value; write e.g. --set model.top_k=32")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def build_config(raw: dict[str, Any] | None = None, overrides: list[str] = ()) -> Config:
+    """Validate a raw dict (from YAML) plus `a.b=value` overrides into a Config."""
+    raw = dict(raw or {})
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise EtarecError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise EtarecError(_explain(error)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise EtarecError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EtarecError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise EtarecError(f"config file {path} must hold a mapping with data/model/train sections")
+    return build_config(raw, overrides)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
