@@ -53,7 +53,8 @@ class ModelConfig(_Section):
     din_attention_units: list[int] = Field(default_factory=lambda: [64])
     use_time: bool = False  # "+time": bucketised time-gap embedding on behaviours
     use_action: bool = False  # embed each behaviour's action (rating, click type)
-    use_user_features: bool = True  # user id embedding (+ profile features where the data has them)
+    use_user_id: bool = True  # user id embedding
+    use_profile: bool = True  # user profile features (gender, age, ...) where the data has them
     mlp: list[int] = Field(default_factory=lambda: [200, 80])
     activation: Literal["relu", "prelu", "dice"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

@@ -16,6 +16,7 @@ from etarec.data.encode import Encoded, encode
 from etarec.data.events import read_events
 from etarec.data.files import resolve_raw_path
 from etarec.data.movielens import read_latest_small, read_ml1m, read_ml100k
+from etarec.data.prepared import PreparedData, load_prepared
 from etarec.data.protocol import last_behaviour_protocol, rating_protocol
 from etarec.data.schema import FORMAT_VERSION, SPLITS, RawEvents
 from etarec.data.taobao import read_taobao
@@ -130,3 +131,19 @@ def _write_atomically(out: Path, encoded: Encoded, samples: dict[str, pd.DataFra
         out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure_prepared(data: DataConfig, log=print) -> PreparedData:
+    """Load the prepared dataset for `data`, preparing it first when absent or made from other inputs."""
+    folder = default_prepared_dir(data)
+    meta_file = folder / "meta.json"
+    if meta_file.is_file():
+        try:
+            fingerprint = json.loads(meta_file.read_text()).get("fingerprint")
+        except json.JSONDecodeError:
+            fingerprint = None
+        if fingerprint == data_fingerprint(data):
+            return load_prepared(folder)
+        log(f"{folder} was prepared from other inputs; preparing again")
+    prepare(data, folder, log=log)
+    return load_prepared(folder)

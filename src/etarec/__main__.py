@@ -1,0 +1,5 @@
+import sys
+
+from etarec.cli import main
+
+sys.exit(main())

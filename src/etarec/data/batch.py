@@ -1,0 +1,95 @@
+"""The typed Batch (the one contract between data and models) and its vectorised builder.
+
+Windows are right-aligned: column L-1 is the most recent behaviour before the request, padding
+(id 0, mask False) fills the left. The short window is the last S columns of the long one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from etarec.data.prepared import PreparedData, Samples
+
+
+@dataclass
+class Batch:
+    """B samples with their history windows. Shapes: B = batch, L = long window, P = profile features."""
+
+    user: torch.Tensor  # [B] int64, 0 = unknown user
+    user_profile: torch.Tensor  # [B, P] int64
+    target_item: torch.Tensor  # [B] int64
+    target_category: torch.Tensor  # [B] int64
+    history_items: torch.Tensor  # [B, L] int64, 0 = padding
+    history_categories: torch.Tensor  # [B, L] int64
+    history_actions: torch.Tensor  # [B, L] int64
+    history_time_gaps: torch.Tensor  # [B, L] int64 seconds between behaviour and request, >= 0
+    history_mask: torch.Tensor  # [B, L] bool, True = real behaviour
+    labels: torch.Tensor  # [B] float32
+    short_len: int  # S: the short window is the last S columns
+
+    def __len__(self) -> int:
+        return self.target_item.shape[0]
+
+    @property
+    def long_len(self) -> int:
+        return self.history_items.shape[1]
+
+    def short(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The short window [B, S] of a [B, L, ...] history tensor (a view, not a copy)."""
+        return tensor[:, tensor.shape[1] - self.short_len :]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return Batch(**moved)
+
+
+class BatchBuilder:
+    """Slices each sample's last L behaviours out of the flat per-user arrays, for many samples at once."""
+
+    def __init__(self, data: PreparedData, long_len: int, short_len: int):
+        self.data = data
+        self.long_len = long_len
+        self.short_len = short_len
+        self._columns = np.arange(-long_len, 0)  # [L] offsets relative to the sample's position
+
+    def build(self, samples: Samples, index: np.ndarray) -> Batch:
+        seq = self.data.sequences
+        user = samples.user[index]  # [B]
+        position = samples.position[index]  # [B] history = sequence[:position]
+        end = seq.offsets[user] + position  # [B] flat index one past the last history event
+        history_len = np.minimum(position, self.long_len)  # [B]
+        mask = self._columns[None, :] >= -history_len[:, None]  # [B, L]
+        flat = np.where(mask, end[:, None] + self._columns[None, :], 0)  # [B, L]
+        request_time = samples.timestamp[index]
+
+        def window(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.where(mask, values[flat], 0))
+
+        gaps = np.where(mask, np.maximum(request_time[:, None] - seq.timestamp[flat], 0), 0)
+        return Batch(
+            user=torch.from_numpy(user),
+            user_profile=torch.from_numpy(self.data.profiles[user]),
+            target_item=torch.from_numpy(samples.item[index]),
+            target_category=torch.from_numpy(samples.category[index]),
+            history_items=window(seq.item),
+            history_categories=window(seq.category),
+            history_actions=window(seq.action),
+            history_time_gaps=torch.from_numpy(gaps),
+            history_mask=torch.from_numpy(mask),
+            labels=torch.from_numpy(samples.label[index]),
+            short_len=self.short_len,
+        )
+
+    def batches(self, samples: Samples, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0):
+        """Yield Batches over a split; the order depends only on (seed, epoch) when shuffled."""
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(len(samples))
+        else:
+            order = np.arange(len(samples))
+        for start in range(0, len(order), batch_size):
+            yield self.build(samples, order[start : start + batch_size])

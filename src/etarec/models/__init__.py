@@ -1,0 +1,22 @@
+"""Model registry: config name -> class. Every model is `Model(ModelConfig, Vocab)` with forward(Batch) -> logits [B]."""
+from __future__ import annotations
+
+import difflib
+
+from torch import nn
+
+from etarec.config import ModelConfig
+from etarec.errors import EtarecError
+from etarec.models.din import DIN
+from etarec.models.eta import ETA
+from etarec.nn.embeddings import Vocab
+
+MODELS: dict[str, type[nn.Module]] = {"eta": ETA, "din": DIN}
+
+
+def build_model(config: ModelConfig, vocab: Vocab) -> nn.Module:
+    if config.name not in MODELS:
+        nearest = difflib.get_close_matches(config.name, MODELS, n=1)
+        hint = f"did you mean '{nearest[0]}'? " if nearest else ""
+        raise EtarecError(f"unknown model '{config.name}'; {hint}available: {', '.join(sorted(MODELS))}")
+    return MODELS[config.name](config, vocab)

@@ -1,0 +1,81 @@
+"""SimHash signatures packed into int64 words, Hamming distance by XOR + popcount, and top-k.
+
+The projection H (d x m, N(0, 1)) is fixed at creation and lives in a buffer: sign() has no useful
+gradient, so a trainable hash would only pretend to learn. Signatures are recomputed from the
+current embeddings, which is what makes ETA's retrieval end to end.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+WORD_BITS = 64
+# SWAR popcount masks for 64-bit words (int64 literals of the usual 0x5555..., 0x3333..., 0x0f0f...)
+_M1 = 0x5555555555555555
+_M2 = 0x3333333333333333
+_M4 = 0x0F0F0F0F0F0F0F0F
+_H01 = 0x0101010101010101
+
+
+def words_for(bits: int) -> int:
+    return (bits + WORD_BITS - 1) // WORD_BITS
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """[..., m] bool -> [..., ceil(m / 64)] int64; bit j of word w is bits[..., 64 w + j]."""
+    m = bits.shape[-1]
+    n_words = words_for(m)
+    padded = torch.nn.functional.pad(bits.to(torch.int64), (0, n_words * WORD_BITS - m))
+    padded = padded.view(*bits.shape[:-1], n_words, WORD_BITS)
+    # 1 << 63 overflows to the sign bit, which is what we want: the words are bit patterns
+    weights = torch.bitwise_left_shift(torch.ones(WORD_BITS, dtype=torch.int64, device=bits.device),
+                                       torch.arange(WORD_BITS, device=bits.device))
+    return (padded * weights).sum(-1)
+
+
+def popcount(words: torch.Tensor) -> torch.Tensor:
+    """Set bits per int64 element (SWAR; every shift is masked, so arithmetic shifts are harmless)."""
+    x = words - (torch.bitwise_right_shift(words, 1) & _M1)
+    x = (x & _M2) + (torch.bitwise_right_shift(x, 2) & _M2)
+    x = (x + torch.bitwise_right_shift(x, 4)) & _M4
+    # the top byte of x * 0x0101... holds the sum of all bytes (<= 64, so the sign bit stays clear)
+    return torch.bitwise_right_shift(x * _H01, 56)
+
+
+def hamming(query_codes: torch.Tensor, key_codes: torch.Tensor) -> torch.Tensor:
+    """query [B, W], keys [B, L, W] -> distances [B, L] int64."""
+    return popcount(torch.bitwise_xor(query_codes[:, None, :], key_codes)).sum(-1)
+
+
+def hamming_top_k(query_codes: torch.Tensor, key_codes: torch.Tensor, key_mask: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k keys nearest in Hamming distance, for each query.
+
+    query_codes [B, W], key_codes [B, L, W], key_mask [B, L] (True = real behaviour).
+    Returns (index [B, K], found [B, K]) with K = min(k, L), nearest first. Ties go to the more
+    recent (higher) position; padding never beats a real key and comes back with found=False.
+    """
+    length = key_codes.shape[1]
+    distance = hamming(query_codes, key_codes)  # [B, L]
+    # one integer key per position makes the order total: distance first, then recency
+    recency = torch.arange(length - 1, -1, -1, device=distance.device)  # [L] 0 = most recent
+    beyond_any_distance = (WORD_BITS * key_codes.shape[-1] + 1) * length
+    order_key = torch.where(key_mask, distance * length + recency, beyond_any_distance + recency)
+    top = min(k, length)
+    selected_key, index = torch.topk(order_key, top, dim=1, largest=False, sorted=True)
+    return index, selected_key < beyond_any_distance
+
+
+class SimHash(nn.Module):
+    """Fixed random projection d -> m bits, packed into int64 words."""
+
+    def __init__(self, dim: int, bits: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.bits = bits
+        self.register_buffer("projection", torch.randn(dim, bits, generator=generator))  # [D, m]
+
+    @torch.no_grad()
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[..., D] float -> [..., ceil(m / 64)] int64 packed signatures."""
+        return pack_bits(embeddings.detach() @ self.projection > 0)
