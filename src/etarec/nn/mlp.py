@@ -18,11 +18,22 @@ class Dice(nn.Module):
         return gate * x + (1 - gate) * self.alpha * x
 
 
+class PReLU(nn.Module):
+    """PReLU with one slope per feature of the LAST dimension (nn.PReLU uses dim 1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((dim,), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D]
+        return torch.where(x > 0, x, self.alpha * x)
+
+
 def activation_layer(name: str, dim: int) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
     if name == "prelu":
-        return nn.PReLU(dim)
+        return PReLU(dim)
     if name == "dice":
         return Dice(dim)
     raise ValueError(f"unknown activation {name!r}")

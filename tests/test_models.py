@@ -1,0 +1,135 @@
+"""ETA and DIN as the paper describes them: fixed hash, end-to-end retrieval, masked attention."""
+import pytest
+import torch
+
+from conftest import VOCAB, synthetic_batch
+from etarec.config import Config, build_config
+from etarec.models import build_model
+from etarec.nn.attention import MultiHeadTargetAttention
+from etarec.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def make(name="eta", **model) -> tuple[torch.nn.Module, Config]:
+    config = build_config({"model": {"name": name, "long_len": 16, "short_len": 4, "top_k": 5, "hash_bits": 13,
+                                     "use_time": True, "use_action": True, **model}})
+    torch.manual_seed(0)
+    return build_model(config.model, VOCAB), config
+
+
+def test_projection_is_a_fixed_buffer_that_survives_save_and_load(tmp_path):
+    model, config = make()
+    projection = model.simhash.projection
+    assert all(p is not projection for p in model.parameters())
+    assert "simhash.projection" in model.state_dict()
+    batch = synthetic_batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    before = projection.clone()
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).backward()
+    optimizer.step()
+    assert torch.equal(model.simhash.projection, before), "training changed the hash"
+    save_checkpoint(tmp_path, model, config, VOCAB)
+    loaded, _, _ = load_checkpoint(tmp_path)
+    assert torch.equal(loaded.simhash.projection, before)
+    # a model built with another hash seed gets another projection; the checkpoint restores ours
+    other, _ = make(hash_seed=1)
+    assert not torch.equal(other.simhash.projection, before)
+    model.eval()
+    assert torch.equal(loaded(batch), model(batch))
+
+
+def test_gradients_reach_only_retrieved_short_and_target_items():
+    model, _ = make(long_len=24, short_len=3, top_k=4)
+    batch = synthetic_batch(batch=1, long_len=24, short_len=3, valid_from=[2])
+    # distinct items per position, so an embedding row identifies one behaviour
+    batch.history_items[0, 2:] = torch.arange(100, 122)
+    model.zero_grad()
+    model(batch).sum().backward()
+    grad_rows = model.features.item.weight.grad.abs().sum(1) > 0
+    index, found = model.retrieve(batch, model.features.target(batch))
+    retrieved = set(batch.history_items[0, index[0][found[0]]].tolist())
+    short = set(batch.history_items[0, -3:].tolist())
+    target = {int(batch.target_item[0])}
+    assert len(retrieved) == 4
+    assert retrieved - short, "the test needs a retrieved behaviour outside the short window"
+    expected = retrieved | short | target
+    assert set(torch.nonzero(grad_rows).flatten().tolist()) == expected
+
+
+def test_retrieval_is_recomputed_from_current_embeddings():
+    model, _ = make(long_len=16, top_k=3)
+    batch = synthetic_batch(batch=2, valid_from=[0, 0])
+    target = model.features.target(batch)
+    index_before, _ = model.retrieve(batch, target)
+    with torch.no_grad():  # move the embeddings: a cached signature would not see it
+        model.features.item.weight.copy_(torch.randn_like(model.features.item.weight))
+    index_after, _ = model.retrieve(batch, model.features.target(batch))
+    assert not torch.equal(index_before, index_after)
+
+
+def test_unique_item_hashing_equals_per_position_hashing():
+    model, _ = make()
+    batch = synthetic_batch(batch=6, long_len=16)
+    batch.history_items[:, 8:] = batch.history_items[:, :8].clone()  # repeated items
+    batch.history_categories[:, 8:] = batch.history_categories[:, :8].clone()
+    per_position = model.simhash(model.features.items(batch.history_items, batch.history_categories))
+    assert torch.equal(model.history_codes(batch), per_position)
+
+
+def reference_attention(module: MultiHeadTargetAttention, query, keys, mask):
+    """Per row and head, in float64, over the real keys only."""
+    heads = module.heads
+    rows = []
+    for b in range(len(query)):
+        q = (module.query.weight.double() @ query[b].double()).view(heads, -1)
+        real = keys[b][mask[b]].double()
+        k = (real @ module.key.weight.double().T).view(len(real), heads, q.shape[1])
+        v = (real @ module.value.weight.double().T).view(len(real), heads, q.shape[1])
+        outputs = []
+        for h in range(heads):
+            if len(real) == 0:
+                outputs.append(torch.zeros(q.shape[1], dtype=torch.float64))
+                continue
+            w = torch.softmax(k[:, h] @ q[h] / q.shape[1] ** 0.5, 0)
+            outputs.append(w @ v[:, h])
+        pooled = torch.cat(outputs)
+        rows.append(module.output.weight.double() @ pooled + module.output.bias.double())
+    return torch.stack(rows)
+
+
+def test_multi_head_attention_masks_padding_in_every_head():
+    torch.manual_seed(0)
+    module = MultiHeadTargetAttention(query_dim=6, key_dim=10, attention_dim=12, heads=3)
+    query, keys = torch.randn(5, 6), torch.randn(5, 9, 10)
+    mask = torch.rand(5, 9) < 0.6
+    mask[0] = False  # all padding -> zero interest
+    mask[1] = True
+    got = module(query, keys, mask)
+    torch.testing.assert_close(got.double(), reference_attention(module, query, keys, mask), rtol=1e-5, atol=1e-5)
+    keys_changed = keys.clone()
+    keys_changed[~mask] = 1e3  # what padding holds must not matter
+    torch.testing.assert_close(module(query, keys_changed, mask), got)
+
+
+@pytest.mark.parametrize("name", ["eta", "din"])
+@pytest.mark.parametrize("attention", ["multihead", "din"])
+@pytest.mark.parametrize("activation", ["relu", "prelu", "dice"])
+def test_models_score_every_history_shape(name, attention, activation):
+    model, _ = make(name, attention=attention, activation=activation)
+    batch = synthetic_batch(batch=5, valid_from=[16, 15, 12, 0, 3])  # empty, 1, 4, full, most
+    logits = model(batch)
+    assert logits.shape == (5,) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_padding_content_does_not_change_scores():
+    model, _ = make()
+    model.eval()
+    batch = synthetic_batch(batch=4, valid_from=[16, 5, 9, 2])
+    changed = synthetic_batch(batch=4, valid_from=[16, 5, 9, 2])
+    for name in ("user", "user_profile", "target_item", "target_category", "labels"):
+        setattr(changed, name, getattr(batch, name))
+    for name in ("history_items", "history_categories", "history_actions", "history_time_gaps"):
+        real = getattr(batch, name)
+        getattr(changed, name).copy_(torch.where(batch.history_mask, real, real.max()))
+    torch.testing.assert_close(model(changed), model(batch))

@@ -1,0 +1,76 @@
+"""SimHash retrieval against a brute-force reference: float signs, counted bits, a stable sort."""
+import numpy as np
+import pytest
+import torch
+
+from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, pack_bits, popcount
+
+
+def reference_top_k(query_bits, key_bits, mask, k):
+    """Per row: real positions sorted by (Hamming distance, most recent first); at most k."""
+    result = []
+    for q, keys, valid in zip(query_bits, key_bits, mask):
+        length = len(keys)
+        newest_first = [j for j in reversed(range(length)) if valid[j]]
+        distance = {j: int(sum(int(a) != int(b) for a, b in zip(q, keys[j]))) for j in newest_first}
+        ranked = sorted(newest_first, key=lambda j: distance[j])  # stable: ties keep newest first
+        result.append(ranked[:k])
+    return result
+
+
+@pytest.mark.parametrize("bits", [1, 3, 13, 63, 64, 65, 100])
+def test_packed_popcount_counts_bits(bits):
+    rng = np.random.default_rng(bits)
+    a = torch.from_numpy(rng.random((50, bits)) < 0.5)
+    b = torch.from_numpy(rng.random((50, bits)) < 0.5)
+    packed_a, packed_b = pack_bits(a), pack_bits(b)
+    assert packed_a.dtype == torch.int64 and packed_a.shape == (50, (bits + 63) // 64)
+    assert torch.equal(popcount(packed_a).sum(-1), a.sum(-1))
+    expected = (a != b).sum(-1)
+    assert torch.equal(hamming(packed_a, packed_b[:, None, :]).squeeze(1), expected)
+
+
+def test_popcount_extreme_words():
+    words = torch.tensor([0, -1, 1, -(2**63), 2**63 - 1, 0x5555555555555555])
+    assert popcount(words).tolist() == [0, 64, 1, 1, 63, 32]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_top_k_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    batch = int(rng.integers(1, 6))
+    length = int(rng.integers(1, 40))
+    bits = int(rng.choice([1, 2, 3, 5, 7, 13, 64, 70, 129]))  # few bits force many ties
+    k = int(rng.integers(1, 50))  # often k > L
+    query = rng.random((batch, bits)) < 0.5
+    keys = rng.random((batch, length, bits)) < 0.5
+    mask = rng.random((batch, length)) < rng.uniform(0.2, 1.0)
+    mask[0] = False  # an all-padding row
+    if batch > 1:
+        mask[1] = True  # a row without padding
+    index, found = hamming_top_k(pack_bits(torch.from_numpy(query)), pack_bits(torch.from_numpy(keys)),
+                                 torch.from_numpy(mask), k)
+    assert index.shape == found.shape == (batch, min(k, length))
+    for row, expected in enumerate(reference_top_k(query, keys, mask, k)):
+        n = len(expected)
+        assert found[row].tolist() == [True] * n + [False] * (index.shape[1] - n), "padding retrieved or real key lost"
+        assert index[row, :n].tolist() == expected
+
+
+def test_padding_never_wins_even_with_identical_codes():
+    codes = torch.zeros(1, 6, 1, dtype=torch.int64)  # every key at distance 0
+    mask = torch.tensor([[False, False, True, False, True, False]])
+    index, found = hamming_top_k(torch.zeros(1, 1, dtype=torch.int64), codes, mask, 4)
+    assert index[0, :2].tolist() == [4, 2]  # the more recent of the tied real keys first
+    assert found[0].tolist() == [True, True, False, False]
+
+
+def test_simhash_bits_are_float_signs_of_the_fixed_projection():
+    simhash = SimHash(dim=16, bits=37, seed=3)
+    embeddings = torch.randn(20, 16)
+    expected = pack_bits((embeddings @ simhash.projection) > 0)
+    assert torch.equal(simhash(embeddings), expected)
+    assert torch.equal(simhash(embeddings), simhash(embeddings)), "a fresh projection per call"
+    assert torch.equal(SimHash(16, 37, seed=3).projection, simhash.projection), "seeded projection differs"
+    assert not torch.equal(SimHash(16, 37, seed=4).projection, simhash.projection)
+    assert list(simhash.parameters()) == []
