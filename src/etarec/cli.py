@@ -42,7 +42,14 @@ def _evaluate(args) -> None:
     config_file = folder / "config.yaml"
     expected = None
     if config_file.is_file():
-        expected = (yaml.safe_load(config_file.read_text()) or {}).get("model", {}).get("name")
+        try:
+            raw = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError:
+            raw = None
+        if not isinstance(raw, dict) or not isinstance(raw.get("model") or {}, dict):
+            raise EtarecError(f"{config_file} is corrupt (not a YAML mapping with a model section); "
+                              "copy the run folder again or re-run training")
+        expected = (raw.get("model") or {}).get("name")
     model, config, _ = load_checkpoint(folder, expected_model=expected)
     data = ensure_prepared(config.data)
     builder = BatchBuilder(data, config.model.long_len, config.model.short_len)

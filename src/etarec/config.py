@@ -130,7 +130,8 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 def build_config(raw: dict[str, Any] | None = None, overrides: list[str] = ()) -> Config:
     """Validate a raw dict (from YAML) plus `a.b=value` overrides into a Config."""
-    raw = dict(raw or {})
+    # an empty section (`model:` with nothing under it) means "all defaults", not an error
+    raw = {key: value for key, value in (raw or {}).items() if value is not None}
     for text in overrides:
         path, value = _parse_override(text)
         node = raw

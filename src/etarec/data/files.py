@@ -89,9 +89,10 @@ def read_table(path: Path, columns: list | None, numeric: tuple = (), **csv_opti
         bad = values.isna().to_numpy()
         if bad.any():
             row = int(bad.nonzero()[0][0])
+            value = frame[column].iloc[row]
+            shown = "an empty value" if pd.isna(value) else f"non-numeric value {value!r}"
             raise EtarecError(
-                f"{path} is malformed: column '{column}' has non-numeric value "
-                f"{frame[column].iloc[row]!r} at data row {row + 1}; fix or drop that row"
+                f"{path} is malformed: column '{column}' has {shown} at data row {row + 1}; fix or drop that row"
             )
         frame[column] = values
     return frame

@@ -11,6 +11,16 @@ import pandas as pd
 
 from etarec.data.files import read_table, require_files
 from etarec.data.schema import RawEvents
+from etarec.errors import EtarecError
+
+
+def _rating_events(ratings: pd.DataFrame, genre: pd.Series) -> pd.DataFrame:
+    """ratings (user, item, rating, timestamp) + item -> first genre: the canonical events.
+
+    Items without a genre get NaN, which encoding turns into the "unknown" category.
+    """
+    return pd.DataFrame({"user": ratings["user"], "item": ratings["item"], "category": ratings["item"].map(genre),
+                         "timestamp": ratings["timestamp"], "action": ratings["rating"]})
 
 
 def read_latest_small(path: Path) -> RawEvents:
@@ -19,16 +29,8 @@ def read_latest_small(path: Path) -> RawEvents:
                          numeric=("userId", "movieId", "rating", "timestamp"))
     movies = read_table(movies_file, columns=["movieId", "genres"])
     genre = movies.set_index("movieId")["genres"].str.split("|").str[0]
-    events = pd.DataFrame(
-        {
-            "user": ratings["userId"],
-            "item": ratings["movieId"],
-            "category": ratings["movieId"].map(genre),
-            "timestamp": ratings["timestamp"],
-            "action": ratings["rating"],
-        }
-    )
-    return RawEvents("ml-latest-small", events)
+    ratings = ratings.rename(columns={"userId": "user", "movieId": "item"})
+    return RawEvents("ml-latest-small", _rating_events(ratings, genre))
 
 
 def read_ml1m(path: Path) -> RawEvents:
@@ -46,7 +48,7 @@ def read_ml1m(path: Path) -> RawEvents:
     genre = movies.set_index("movie_id")["genres"].str.split("|").str[0]
     item_genre = mapping.set_index("ncf_item_id")["movie_id"].map(genre)
     users = read_table(users_file, sep="::", header=None, names=["user_id", "gender", "age", "occupation", "zip"],
-                       columns=["user_id", "gender", "age", "occupation"], encoding="latin-1")
+                       columns=["user_id", "gender", "age", "occupation"], numeric=("user_id",), encoding="latin-1")
     profiles = pd.DataFrame(
         {
             "user": users["user_id"] - 1,  # the NCF files number users from 0
@@ -55,29 +57,25 @@ def read_ml1m(path: Path) -> RawEvents:
             "occupation": users["occupation"],
         }
     )
-    events = pd.DataFrame(
-        {
-            "user": ratings["user"],
-            "item": ratings["item"],
-            "category": ratings["item"].map(item_genre),  # unmapped items -> NaN -> "unknown"
-            "timestamp": ratings["timestamp"],
-            "action": ratings["rating"],
-        }
-    )
-    return RawEvents("ml-1m", events, profiles=profiles)
+    return RawEvents("ml-1m", _rating_events(ratings, item_genre), profiles=profiles)
 
 
 def read_ml100k(path: Path) -> RawEvents:
     data_file, item_file, genre_file, user_file = require_files(path, "u.data", "u.item", "u.genre", "u.user")
     names = ["user", "item", "rating", "timestamp"]
     ratings = read_table(data_file, sep="\t", header=None, names=names, columns=names, numeric=names)
-    genres = read_table(genre_file, sep="|", header=None, names=["genre", "index"], columns=["genre", "index"])
+    genres = read_table(genre_file, sep="|", header=None, names=["genre", "index"], columns=["genre", "index"],
+                        numeric=("index",))
     items = read_table(item_file, sep="|", header=None, encoding="latin-1", columns=None)
-    flags = items.iloc[:, -len(genres):].to_numpy()
+    flags = items.iloc[:, -len(genres):]
+    if items.shape[1] <= len(genres) or not flags.isin([0, 1]).all(axis=None):
+        raise EtarecError(f"{item_file} is malformed: its last {len(genres)} columns must be 0/1 genre flags "
+                          f"(one per line of {genre_file.name}); check the file or re-download it")
+    flags = flags.to_numpy()
     first_genre = np.where(flags.any(axis=1), genres["genre"].to_numpy()[flags.argmax(axis=1)], None)
     genre = pd.Series(first_genre, index=items.iloc[:, 0].to_numpy())
     users = read_table(user_file, sep="|", header=None, names=["user", "age", "gender", "occupation", "zip"],
-                       columns=["user", "age", "gender", "occupation"])
+                       columns=["user", "age", "gender", "occupation"], numeric=("user", "age"))
     profiles = pd.DataFrame(
         {
             "user": users["user"],
@@ -86,13 +84,4 @@ def read_ml100k(path: Path) -> RawEvents:
             "occupation": users["occupation"],
         }
     )
-    events = pd.DataFrame(
-        {
-            "user": ratings["user"],
-            "item": ratings["item"],
-            "category": ratings["item"].map(genre),
-            "timestamp": ratings["timestamp"],
-            "action": ratings["rating"],
-        }
-    )
-    return RawEvents("ml-100k", events, profiles=profiles)
+    return RawEvents("ml-100k", _rating_events(ratings, genre), profiles=profiles)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from etarec.data.schema import FIRST_ITEM_ID
 from etarec.errors import EtarecError
 
 SAMPLE_COLUMNS = ["user", "position", "item", "category", "timestamp", "label"]
@@ -65,8 +66,9 @@ def last_behaviour_protocol(
     events: pd.DataFrame, item_category: np.ndarray, seed: int
 ) -> dict[str, pd.DataFrame]:
     """MIMN/ETA protocol: per user, target = last behaviour (label 1) and a random other item of the
-    same category (label 0), both with the whole earlier sequence as history. Users are split
-    80/10/10 into train/valid/test by a seeded permutation.
+    same category (label 0; any other item when it is alone in its category), both with the whole
+    earlier sequence as history. Users are split 80/10/10 into train/valid/test by a seeded
+    permutation.
     """
     rng = np.random.default_rng(seed)
     last = events.groupby("user", sort=True).tail(1)
@@ -76,7 +78,9 @@ def last_behaviour_protocol(
     positives = last[["user", "position", "item", "category", "timestamp"]].copy()
     positives["label"] = 1
     negatives = positives.copy()
-    negatives["item"] = _same_category_items(positives["item"].to_numpy(), item_category, rng)
+    negatives["item"] = _same_category_items(positives["item"].to_numpy(), item_category, rng,
+                                             np.random.default_rng([seed, 1]))
+    negatives["category"] = item_category[negatives["item"].to_numpy()]  # differs only for a lone item
     negatives["label"] = 0
     users = positives["user"].to_numpy()
     order = rng.permutation(len(users))
@@ -93,8 +97,11 @@ def last_behaviour_protocol(
             for code, name in enumerate(("train", "valid", "test"))}
 
 
-def _same_category_items(items: np.ndarray, item_category: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each item, a uniformly drawn different item of its category (itself if it is alone)."""
+def _same_category_items(items: np.ndarray, item_category: np.ndarray, rng: np.random.Generator,
+                         fallback_rng: np.random.Generator) -> np.ndarray:
+    """For each item, a uniformly drawn different item of its category; an item alone in its category
+    gets a uniformly drawn different item of any category (a negative equal to its positive would be
+    the same sample with both labels). Only with a single known item at all is the item itself returned."""
     by_category = np.argsort(item_category, kind="stable")
     rank_in_sorted = np.empty_like(by_category)
     rank_in_sorted[by_category] = np.arange(len(by_category))
@@ -106,4 +113,10 @@ def _same_category_items(items: np.ndarray, item_category: np.ndarray, rng: np.r
     # draw among the count - 1 others, then step over the positive's own rank
     draw = (rng.random(len(items)) * np.maximum(count - 1, 1)).astype(np.int64)
     draw = np.where((draw >= own_rank) & (count > 1), draw + 1, draw)
-    return by_category[start + np.minimum(draw, count - 1)]
+    negatives = by_category[start + np.minimum(draw, count - 1)]
+    # alone in its category: any other known item (ids FIRST_ITEM_ID..), from its own generator so
+    # that `rng` (and with it the other negatives and the user split) is unchanged
+    known = len(item_category) - FIRST_ITEM_ID
+    other = FIRST_ITEM_ID + (fallback_rng.random(len(items)) * max(known - 1, 1)).astype(np.int64)
+    other = np.where((other >= items) & (known > 1), other + 1, other)
+    return np.where(count > 1, negatives, other)

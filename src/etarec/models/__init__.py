@@ -14,9 +14,13 @@ from etarec.nn.embeddings import Vocab
 MODELS: dict[str, type[nn.Module]] = {"eta": ETA, "din": DIN}
 
 
-def build_model(config: ModelConfig, vocab: Vocab) -> nn.Module:
-    if config.name not in MODELS:
-        nearest = difflib.get_close_matches(config.name, MODELS, n=1)
+def model_class(name: str) -> type[nn.Module]:
+    if name not in MODELS:
+        nearest = difflib.get_close_matches(name, MODELS, n=1)
         hint = f"did you mean '{nearest[0]}'? " if nearest else ""
-        raise EtarecError(f"unknown model '{config.name}'; {hint}available: {', '.join(sorted(MODELS))}")
-    return MODELS[config.name](config, vocab)
+        raise EtarecError(f"unknown model '{name}'; {hint}available: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def build_model(config: ModelConfig, vocab: Vocab) -> nn.Module:
+    return model_class(config.name)(config, vocab)

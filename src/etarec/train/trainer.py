@@ -19,7 +19,7 @@ from etarec.config import Config, dump_config
 from etarec.data.batch import BatchBuilder
 from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import PreparedData, Samples
-from etarec.models import build_model
+from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
 from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from etarec.train.metrics import all_metrics
@@ -88,6 +88,7 @@ def _train_epoch(model, optimizer, builder, samples, config: Config, epoch: int,
 
 def train(config: Config, out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None) -> dict:
     """Train `config` into folder `out` (config.yaml, model.pt of the best epoch, metrics.json)."""
+    model_class(config.model.name)  # fail on a bad name before writing or preparing anything
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(out / "config.yaml", dump_config(config))
