@@ -133,3 +133,16 @@ def test_padding_content_does_not_change_scores():
         real = getattr(batch, name)
         getattr(changed, name).copy_(torch.where(batch.history_mask, real, real.max()))
     torch.testing.assert_close(model(changed), model(batch))
+
+
+@pytest.mark.parametrize("kind", ["multihead", "din"])
+def test_projecting_then_gathering_equals_gathering_then_projecting(kind):
+    """What lets a scorer project one shared history once for all candidates."""
+    model, _ = make(attention=kind)
+    attention = model.long_attention
+    query, history = torch.randn(6, model.features.item_dim), torch.randn(1, 20, model.features.behaviour_dim)
+    index = torch.randint(0, 20, (6, 5))
+    mask = torch.rand(6, 5) < 0.8
+    gathered = history.expand(6, -1, -1).gather(1, index[:, :, None].expand(-1, -1, history.shape[-1]))
+    projected = attention.project(history)[0][index]  # [6, 5, P]
+    torch.testing.assert_close(attention.attend(query, projected, mask), attention(query, gathered, mask))

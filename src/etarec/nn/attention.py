@@ -2,6 +2,10 @@
 
 Both variants take query [B, Dq], keys [B, K, Dk], mask [B, K] (True = real behaviour) and return
 an interest vector [B, A]; a row without any real behaviour gets the zero vector.
+
+forward = attend(query, project(keys), mask). The projection acts on each behaviour alone, so a
+caller that shares one history across many candidates (serving) projects the history once and
+gathers projected rows per candidate instead of projecting k rows per candidate.
 """
 from __future__ import annotations
 
@@ -24,10 +28,18 @@ class MultiHeadTargetAttention(nn.Module):
         self.output = nn.Linear(attention_dim, attention_dim)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, length, _ = keys.shape
+        return self.attend(query, self.project(keys), mask)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        """[..., K, Dk] behaviours -> [..., K, 2A] their keys and values side by side"""
+        return torch.cat([self.key(keys), self.value(keys)], dim=-1)
+
+    def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = projected.shape
+        keys, values = projected.chunk(2, dim=-1)  # [B, K, A] each
         q = self.query(query).view(batch, self.heads, 1, -1)  # [B, H, 1, dh]
-        k = self.key(keys).view(batch, length, self.heads, -1).transpose(1, 2)  # [B, H, K, dh]
-        v = self.value(keys).view(batch, length, self.heads, -1).transpose(1, 2)  # [B, H, K, dh]
+        k = keys.reshape(batch, length, self.heads, -1).transpose(1, 2)  # [B, H, K, dh]
+        v = values.reshape(batch, length, self.heads, -1).transpose(1, 2)  # [B, H, K, dh]
         scores = (q @ k.transpose(-1, -2)) / k.shape[-1] ** 0.5  # [B, H, 1, K]
         mask = mask[:, None, None, :]  # one mask for every head
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -47,7 +59,13 @@ class DinAttention(nn.Module):
         self.score = MLP(4 * attention_dim, units, 1, activation)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        k = self.key(keys)  # [B, K, A]
+        return self.attend(query, self.project(keys), mask)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        """[..., K, Dk] -> [..., K, A]"""
+        return self.key(keys)
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         q = self.query(query)[:, None, :].expand_as(k)  # [B, K, A]
         weights = self.score(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1) * mask  # [B, K]
         return (weights[:, :, None] * k).sum(1)  # [B, A]
