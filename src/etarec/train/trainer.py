@@ -23,6 +23,7 @@ from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
 from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from etarec.train.metrics import all_metrics
+from etarec.train.optim import make_optimizer
 
 
 def seed_everything(seed: int) -> None:
@@ -99,7 +100,7 @@ def train(config: Config, out: str | Path, progress: bool = True, log=print, dat
     seed_everything(config.train.seed)
     model = build_model(config.model, vocab)
     builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    optimizer = make_optimizer(model, config.train)
     train_split, valid_split = data.splits["train"], data.splits["valid"]
 
     best_auc, best_epoch, stale = -math.inf, -1, 0
