@@ -32,7 +32,7 @@ class EventsColumns(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events"] = "ml-latest-small"
+    dataset: Literal["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events", "longctr"] = "ml-latest-small"
     path: str | None = None  # raw data; None -> the dataset's default location
     prepared_dir: str | None = None  # None -> prepared/<dataset>
     columns: EventsColumns = Field(default_factory=EventsColumns)  # dataset: events only

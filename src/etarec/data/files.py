@@ -46,8 +46,8 @@ def resolve_raw_path(dataset: str, path: str | None) -> Path:
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    if dataset == "events":
-        raise EtarecError("dataset 'events' needs data.path (a CSV or Parquet file); set it in the config or with --path")
+    if dataset in ("events", "longctr"):
+        raise EtarecError(f"dataset '{dataset}' needs data.path (a file or folder); set it in the config or with --path")
     raise EtarecError(
         f"no {dataset} data found (looked in {', '.join(str(c) for c in candidates)}); "
         f"pass --path DIR or set {DATA_ROOT_ENV} to the folder that holds {SHARED_NAMES.get(dataset, dataset)}/"

@@ -9,9 +9,10 @@ from etarec.config import ModelConfig
 from etarec.errors import EtarecError
 from etarec.models.din import DIN
 from etarec.models.eta import ETA
+from etarec.models.full_attention import FullAttention
 from etarec.nn.embeddings import Vocab
 
-MODELS: dict[str, type[nn.Module]] = {"eta": ETA, "din": DIN}
+MODELS: dict[str, type[nn.Module]] = {"eta": ETA, "din": DIN, "full_attention": FullAttention}
 
 
 def model_class(name: str) -> type[nn.Module]:

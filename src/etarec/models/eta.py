@@ -9,27 +9,21 @@ long-interest path.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from etarec.config import ModelConfig
 from etarec.data.batch import Batch
 from etarec.nn.attention import target_attention
-from etarec.nn.embeddings import FeatureEmbeddings, Vocab
-from etarec.nn.mlp import MLP
+from etarec.nn.embeddings import Vocab
+from etarec.nn.interest import LongShortInterestModel
 from etarec.retrieval.simhash import SimHash, hamming_top_k
 
 
-class ETA(nn.Module):
+class ETA(LongShortInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
-        super().__init__()
+        super().__init__(config, vocab)
         self.top_k = config.top_k
-        self.features = FeatureEmbeddings(config, vocab)
-        f = self.features
-        self.simhash = SimHash(f.item_dim, config.hash_bits, seed=config.hash_seed)
-        self.long_attention = target_attention(config, f.item_dim, f.behaviour_dim)
-        self.short_attention = target_attention(config, f.item_dim, f.behaviour_dim)
-        self.head = MLP(f.user_dim + f.item_dim + 2 * config.attention_dim, config.mlp, 1,
-                        config.activation, config.dropout)
+        self.simhash = SimHash(self.features.item_dim, config.hash_bits, seed=config.hash_seed)
+        self.long_attention = target_attention(config, self.features.item_dim, self.features.behaviour_dim)
 
     @torch.no_grad()
     def history_codes(self, batch: Batch) -> torch.Tensor:
@@ -44,12 +38,7 @@ class ETA(nn.Module):
         """(index [B, K], found [B, K]) of the k behaviours nearest to the target."""
         return hamming_top_k(self.simhash(target), self.history_codes(batch), batch.history_mask, self.top_k)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        target = self.features.target(batch)  # [B, 2d]
+    def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
         index, found = self.retrieve(batch, target)  # [B, K]
         retrieved, _ = self.features.history(batch, index)  # [B, K, Db]
-        long_interest = self.long_attention(target, retrieved, found)  # [B, A]
-        short, short_mask = self.features.short_history(batch)  # [B, S, Db], [B, S]
-        short_interest = self.short_attention(target, short, short_mask)  # [B, A]
-        user = self.features.user_features(batch)  # [B, Du]
-        return self.head(torch.cat([user, target, long_interest, short_interest], dim=-1)).squeeze(-1)  # [B]
+        return self.long_attention(target, retrieved, found)  # [B, A]
