@@ -146,3 +146,21 @@ def test_projecting_then_gathering_equals_gathering_then_projecting(kind):
     gathered = history.expand(6, -1, -1).gather(1, index[:, :, None].expand(-1, -1, history.shape[-1]))
     projected = attention.project(history)[0][index]  # [6, 5, P]
     torch.testing.assert_close(attention.attend(query, projected, mask), attention(query, gathered, mask))
+
+
+def test_eval_signature_cache_equals_fresh_hashing_and_follows_training():
+    model, _ = make()
+    batches = [synthetic_batch(batch=6, seed=s) for s in range(3)]
+
+    def per_position(batch):
+        return model.simhash(model.features.items(batch.history_items, batch.history_categories))
+
+    model.eval()
+    for batch in batches + batches:  # the second pass is served from the cache
+        assert torch.equal(model.history_codes(batch), per_position(batch))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
+    model(batches[0]).sum().backward()
+    optimizer.step()
+    model.eval()
+    assert torch.equal(model.history_codes(batches[0]), per_position(batches[0])), "stale signatures after training"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, pack_bits, popcount
+from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, hamming_torch, pack_bits, popcount
 
 
 def reference_top_k(query_bits, key_bits, mask, k):
@@ -28,6 +28,7 @@ def test_packed_popcount_counts_bits(bits):
     assert torch.equal(popcount(packed_a).sum(-1), a.sum(-1))
     expected = (a != b).sum(-1)
     assert torch.equal(hamming(packed_a, packed_b[:, None, :]).squeeze(1), expected)
+    assert torch.equal(hamming_torch(packed_a, packed_b[:, None, :]).squeeze(1), expected)
 
 
 def test_popcount_extreme_words():

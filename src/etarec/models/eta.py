@@ -23,16 +23,42 @@ class ETA(LongShortInterestModel):
         super().__init__(config, vocab)
         self.top_k = config.top_k
         self.simhash = SimHash(self.features.item_dim, config.hash_bits, seed=config.hash_seed)
+        self._code_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.long_attention = target_attention(config, self.features.item_dim, self.features.behaviour_dim)
+
+    def train(self, mode: bool = True) -> "ETA":
+        self._code_cache = None  # embeddings move while training; cached signatures would go stale
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._code_cache = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def history_codes(self, batch: Batch) -> torch.Tensor:
-        """[B, L, W] packed signatures of the long window, hashing each distinct item once."""
-        unique_items, inverse = torch.unique(batch.history_items, return_inverse=True)  # [U], [B, L]
-        # an item has one category, so any position of the item gives it
-        unique_categories = torch.zeros_like(unique_items).scatter_(0, inverse.flatten(), batch.history_categories.flatten())
-        codes = self.simhash(self.features.items(unique_items, unique_categories))  # [U, W]
-        return codes[inverse]
+        """[B, L, W] packed signatures of the long window; each distinct item is hashed once.
+
+        Distinct items are found with a scatter into an item-indexed table instead of a sort
+        (torch.unique sorts: 245 ms for 256 x 16384 ids, one core). In eval mode the table is kept
+        and grows batch by batch, so evaluation hashes each item once per checkpoint.
+        """
+        items = batch.history_items.flatten()  # [B*L]
+        num_items = self.features.item.num_embeddings
+        cache = self._code_cache
+        if self.training or cache is None:
+            cache = (items.new_zeros((num_items, self.simhash.words)), torch.zeros(num_items, dtype=torch.bool))
+            if not self.training:
+                self._code_cache = cache
+        table, hashed = cache  # [V, W] codes, [V] which rows hold current codes
+        any_position = torch.full((num_items,), -1, dtype=torch.int64)
+        any_position[items] = torch.arange(len(items))  # duplicates: any of their positions will do
+        new = torch.nonzero((any_position >= 0) & ~hashed).squeeze(1)  # [U]
+        if len(new):
+            # an item has one category, so the category at any of its positions is the item's
+            categories = batch.history_categories.flatten()[any_position[new]]
+            table[new] = self.simhash(self.features.items(new, categories))
+            hashed[new] = True
+        return table[batch.history_items]
 
     def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [B, K], found [B, K]) of the k behaviours nearest to the target."""
