@@ -43,12 +43,15 @@ class FeatureEmbeddings(nn.Module):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__()
         d = config.embedding_dim
-        self.item = nn.Embedding(vocab.num_items, d, padding_idx=0)
-        self.category = nn.Embedding(vocab.num_categories, d, padding_idx=0)
-        self.action = nn.Embedding(vocab.num_actions, d, padding_idx=0) if config.use_action else None
-        self.time_gap = nn.Embedding(TIME_BUCKETS, d, padding_idx=0) if config.use_time else None
-        self.user = nn.Embedding(vocab.num_users, d) if config.use_user_id else None
-        self.profiles = nn.ModuleList([nn.Embedding(size, d) for size in vocab.profile_sizes] if config.use_profile else [])
+        sparse = config.sparse_embeddings
+        self.item = nn.Embedding(vocab.num_items, d, padding_idx=0, sparse=sparse)
+        self.category = nn.Embedding(vocab.num_categories, d, padding_idx=0, sparse=sparse)
+        self.action = nn.Embedding(vocab.num_actions, d, padding_idx=0, sparse=sparse) if config.use_action else None
+        self.time_gap = nn.Embedding(TIME_BUCKETS, d, padding_idx=0, sparse=sparse) if config.use_time else None
+        self.user = nn.Embedding(vocab.num_users, d, sparse=sparse) if config.use_user_id else None
+        self.profiles = nn.ModuleList(
+            [nn.Embedding(size, d, sparse=sparse) for size in vocab.profile_sizes] if config.use_profile else []
+        )
         self.item_dim = 2 * d
         self.behaviour_dim = self.item_dim + d * (self.action is not None) + d * (self.time_gap is not None)
         self.user_dim = d * (self.user is not None) + d * len(self.profiles)
