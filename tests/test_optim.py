@@ -43,9 +43,9 @@ def test_sparse_step_touches_only_rows_in_the_batch_and_first_step_matches_adam(
     touched[0] = False  # padding row never learns
     changed = (sparse.features.item.weight != before).any(1)
     assert not changed[~touched].any(), "rows outside the batch were updated"
-    # Adam's first step is lr * g / (|g| + eps) ~ lr * sign(g); compare where |g| >> eps, since
-    # gradient sums in another order move g / (|g| + eps) visibly only when |g| is near eps
-    clear = touched[:, None] & (dense.features.item.weight.grad.abs() > 1e-6)
+    # Adam's first step is lr * g / (|g| + eps) ~ lr * sign(g); SparseAdam applies eps after the bias
+    # correction (g / (|g| + eps / sqrt(1 - beta2))), so the two agree where |g| >> 3e-7
+    clear = touched[:, None] & (dense.features.item.weight.grad.abs() > 1e-4)
     torch.testing.assert_close(sparse.features.item.weight[clear], dense.features.item.weight[clear])
     state = optimizers[1].state_dict()
     optimizers[1].load_state_dict(state)
