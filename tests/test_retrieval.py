@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from etarec.retrieval import native
 from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, hamming_torch, pack_bits, popcount
 
 
@@ -36,8 +37,19 @@ def test_popcount_extreme_words():
     assert popcount(words).tolist() == [0, 64, 1, 1, 63, 32]
 
 
+def native_top_k(query_codes, key_codes, mask, k):
+    """The fused kernel over a table holding each position's codes, ids = positions."""
+    if not native.available():
+        pytest.skip("no C compiler: the fused kernel is not built (the tensor path is tested)")
+    batch, length, words = key_codes.shape
+    table = key_codes.reshape(batch * length, words)
+    items = torch.arange(batch * length).view(batch, length)
+    return native.hamming_top_k_native(query_codes, table, items, mask, k)
+
+
+@pytest.mark.parametrize("top_k", [hamming_top_k, native_top_k], ids=["tensor", "native"])
 @pytest.mark.parametrize("seed", range(12))
-def test_top_k_equals_brute_force(seed):
+def test_top_k_equals_brute_force(seed, top_k):
     rng = np.random.default_rng(seed)
     batch = int(rng.integers(1, 6))
     length = int(rng.integers(1, 40))
@@ -49,8 +61,8 @@ def test_top_k_equals_brute_force(seed):
     mask[0] = False  # an all-padding row
     if batch > 1:
         mask[1] = True  # a row without padding
-    index, found = hamming_top_k(pack_bits(torch.from_numpy(query)), pack_bits(torch.from_numpy(keys)),
-                                 torch.from_numpy(mask), k)
+    index, found = top_k(pack_bits(torch.from_numpy(query)), pack_bits(torch.from_numpy(keys)),
+                         torch.from_numpy(mask), k)
     assert index.shape == found.shape == (batch, min(k, length))
     for row, expected in enumerate(reference_top_k(query, keys, mask, k)):
         n = len(expected)
@@ -58,10 +70,11 @@ def test_top_k_equals_brute_force(seed):
         assert index[row, :n].tolist() == expected
 
 
-def test_padding_never_wins_even_with_identical_codes():
+@pytest.mark.parametrize("top_k", [hamming_top_k, native_top_k], ids=["tensor", "native"])
+def test_padding_never_wins_even_with_identical_codes(top_k):
     codes = torch.zeros(1, 6, 1, dtype=torch.int64)  # every key at distance 0
     mask = torch.tensor([[False, False, True, False, True, False]])
-    index, found = hamming_top_k(torch.zeros(1, 1, dtype=torch.int64), codes, mask, 4)
+    index, found = top_k(torch.zeros(1, 1, dtype=torch.int64), codes, mask, 4)
     assert index[0, :2].tolist() == [4, 2]  # the more recent of the tied real keys first
     assert found[0].tolist() == [True, True, False, False]
 

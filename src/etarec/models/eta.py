@@ -15,7 +15,7 @@ from etarec.data.batch import Batch
 from etarec.nn.attention import target_attention
 from etarec.nn.embeddings import Vocab
 from etarec.nn.interest import LongShortInterestModel
-from etarec.retrieval.simhash import SimHash, hamming_top_k
+from etarec.retrieval.simhash import SimHash, table_hamming_top_k
 
 
 class ETA(LongShortInterestModel):
@@ -35,8 +35,9 @@ class ETA(LongShortInterestModel):
         super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
-    def history_codes(self, batch: Batch) -> torch.Tensor:
-        """[B, L, W] packed signatures of the long window; each distinct item is hashed once.
+    def code_table(self, batch: Batch) -> torch.Tensor:
+        """[V, W] packed signatures, current for every item in the batch's long window; each
+        distinct item is hashed once.
 
         Distinct items are found with a scatter into an item-indexed table instead of a sort
         (torch.unique sorts: 245 ms for 256 x 16384 ids, one core). In eval mode the table is kept
@@ -58,11 +59,16 @@ class ETA(LongShortInterestModel):
             categories = batch.history_categories.flatten()[any_position[new]]
             table[new] = self.simhash(self.features.items(new, categories))
             hashed[new] = True
-        return table[batch.history_items]
+        return table
+
+    def history_codes(self, batch: Batch) -> torch.Tensor:
+        """[B, L, W] packed signatures of the long window"""
+        return self.code_table(batch)[batch.history_items]
 
     def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [B, K], found [B, K]) of the k behaviours nearest to the target."""
-        return hamming_top_k(self.simhash(target), self.history_codes(batch), batch.history_mask, self.top_k)
+        return table_hamming_top_k(self.simhash(target), self.code_table(batch), batch.history_items,
+                                   batch.history_mask, self.top_k)
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
         index, found = self.retrieve(batch, target)  # [B, K]

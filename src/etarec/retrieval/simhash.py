@@ -89,6 +89,21 @@ def hamming_top_k(query_codes: torch.Tensor, key_codes: torch.Tensor, key_mask: 
     return index, selected_key < beyond_any_distance
 
 
+def table_hamming_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
+                        history_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """hamming_top_k over the codes table_codes[history_items] [B, L, W] without materialising them.
+
+    On CPU the fused kernel (native.py) reads each id once and selects by counting; elsewhere, or
+    without a C compiler, the tensor formulation runs. Both return the same indices.
+    """
+    from etarec.retrieval import native  # compiles the kernel on first use
+
+    if history_items.device.type == "cpu" and native.available() and not torch.jit.is_tracing() \
+            and not torch.compiler.is_compiling():
+        return native.hamming_top_k_native(query_codes, table_codes, history_items, history_mask, k)
+    return hamming_top_k(query_codes, table_codes[history_items], history_mask, k)
+
+
 class SimHash(nn.Module):
     """Fixed random projection d -> m bits, packed into int64 words."""
 

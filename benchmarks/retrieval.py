@@ -1,0 +1,133 @@
+"""Retrieval alone: packed Hamming top-k vs exact inner-product top-k vs float-code abs-diff top-k.
+
+B candidates (one per sample) each retrieve k of their sample's L behaviours. Inputs are what each
+method needs at retrieval time: item ids + a packed signature table (etarec), the window's
+embeddings (inner product), or per-position float 0/1 codes (the formulation FuxiCTR's ETA uses).
+All variants run in one process, interleaved, and are reported as ratios to etarec's. The floor is
+the time to read the window's item ids and packed codes once at this machine's memory bandwidth
+(measured here with a large numpy copy/sum).
+
+    python benchmarks/retrieval.py                       # B=256, L in 1024,4096,16384, m in 32,64,128
+    python benchmarks/retrieval.py --L 4096 --bits 64 --reps 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from etarec.retrieval.simhash import SimHash, hamming_top_k
+
+OUT = Path(__file__).parent / "results" / "speed"
+
+
+def memory_bandwidth_bytes_per_s(size_mb: int = 512, reps: int = 5) -> float:
+    """Sustained read bandwidth of one pass over a large array (the same single-pass pattern
+    retrieval has), best of `reps`."""
+    data = np.ones(size_mb * 2**20 // 8, dtype=np.int64)
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def run_point(batch: int, length: int, bits: int, dim: int, k: int, num_items: int, reps: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(num_items, dim, generator=g)  # [V, d] item embeddings
+    simhash = SimHash(dim, bits, seed=seed)
+    table_codes = simhash(table)  # [V, W], cached once per checkpoint in eval/serving
+    history = torch.randint(2, num_items, (batch, length), generator=g)  # [B, L]
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=g)
+    mask = torch.arange(length)[None, :] >= (length - lengths)[:, None]  # left padding
+    target = torch.randint(2, num_items, (batch,), generator=g)
+    query = table[target]  # [B, d]
+    query_codes = table_codes[target]  # [B, W]
+
+    def packed():  # etarec: ids -> codes gather, XOR + popcount, one top-k with padding masked
+        return hamming_top_k(query_codes, table_codes[history], mask, k)
+
+    window_embeddings = table[history]  # [B, L, d] what inner-product retrieval reads
+
+    def inner_product():
+        scores = torch.einsum("bld,bd->bl", window_embeddings, query).masked_fill(~mask, float("-inf"))
+        return torch.topk(scores, k, dim=1)
+
+    float_codes = (window_embeddings @ simhash.projection > 0).float()  # [B, L, m] 0/1 as float32
+    query_float = (query @ simhash.projection > 0).float()  # [B, m]
+
+    def float_abs_diff():
+        distance = (float_codes - query_float[:, None, :]).abs().sum(-1).masked_fill(~mask, float("inf"))
+        return torch.topk(distance, k, dim=1, largest=False)
+
+    index, _ = packed()
+    variants = {"packed_hamming": packed, "inner_product": inner_product, "float_abs_diff": float_abs_diff}
+    ms = {name: [] for name in variants}
+    for _ in range(reps):  # interleaved A B C A B C: drift hits every variant alike
+        for name, fn in variants.items():
+            ms[name].append(median_ms(fn, 3))
+    result = {name: float(np.median(values)) for name, values in ms.items()}
+    floor_bytes = history.numel() * history.element_size() + history.numel() * table_codes.shape[1] * 8
+    return {
+        "B": batch, "L": length, "m": bits, "d": dim, "k": k, "ms": result,
+        "ratio_to_packed": {name: value / result["packed_hamming"] for name, value in result.items()},
+        "floor_bytes": floor_bytes,
+        "found_per_row_min": int(index.shape[1]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, default=256)
+    parser.add_argument("--L", default="1024,4096,16384")
+    parser.add_argument("--bits", default="32,64,128")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=OUT / "retrieval.json")
+    args = parser.parse_args()
+    bandwidth = memory_bandwidth_bytes_per_s()
+    print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s; torch threads {torch.get_num_threads()}")
+    points = []
+    header = "| L | m | packed Hamming ms | inner product ms | float abs-diff ms | IP / packed | abs-diff / packed | packed / floor |"
+    print(header + "\n|---|---|---|---|---|---|---|---|")
+    for length in map(int, args.L.split(",")):
+        for bits in map(int, args.bits.split(",")):
+            point = run_point(args.B, length, bits, args.dim, args.k, args.items, args.reps)
+            floor_ms = 1000 * point["floor_bytes"] / bandwidth
+            point["floor_ms"] = floor_ms
+            point["packed_over_floor"] = point["ms"]["packed_hamming"] / floor_ms
+            point["packed_bytes_per_s"] = point["floor_bytes"] / (point["ms"]["packed_hamming"] / 1000)
+            points.append(point)
+            ms, ratio = point["ms"], point["ratio_to_packed"]
+            print(f"| {length} | {bits} | {ms['packed_hamming']:.2f} | {ms['inner_product']:.2f} | "
+                  f"{ms['float_abs_diff']:.2f} | {ratio['inner_product']:.1f}x | {ratio['float_abs_diff']:.1f}x | "
+                  f"{point['packed_over_floor']:.1f}x |", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"bandwidth_bytes_per_s": bandwidth, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "numpy": np.__version__, "machine": platform.machine(), "points": points}
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

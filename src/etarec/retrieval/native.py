@@ -1,0 +1,81 @@
+"""The fused CPU retrieval kernel (hamming_topk.c), compiled on first use and loaded with ctypes.
+
+A C compiler is the only requirement; without one (or with ETAREC_NATIVE=0) retrieval falls back
+to the tensor formulation in simhash.py, which gives identical results.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("hamming_topk.c")
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-fopenmp", "-shared", "-fPIC"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mpopcnt")  # one instruction per word instead of a bit-twiddling sequence
+    return flags
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ETAREC_CACHE", Path.home() / ".cache" / "etarec"))
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("ETAREC_NATIVE", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        return None
+    flags = _flags()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"hamming_topk-{digest}-{platform.machine()}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            built = Path(tmp) / target.name
+            result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True)
+            if result.returncode != 0:
+                return None
+            os.replace(built, target)  # atomic: concurrent processes never load a half-written file
+    library = ctypes.CDLL(str(target))
+    function = library.etarec_hamming_topk
+    function.restype = ctypes.c_int
+    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+    return library
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def hamming_top_k_native(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
+                         history_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """query [B, W], table [V, W], history ids [B, L], mask [B, L] -> (index [B, K], found [B, K])."""
+    library = _library()
+    rows, length = history_items.shape
+    top = min(k, length)
+    query = query_codes.contiguous()
+    table = table_codes.contiguous()
+    items = history_items.to(torch.int64).contiguous()
+    mask = history_mask.contiguous().view(torch.uint8)
+    index = torch.empty((rows, top), dtype=torch.int64)
+    found = torch.empty((rows, top), dtype=torch.uint8)
+    failed = library.etarec_hamming_topk(
+        items.data_ptr(), table.data_ptr(), query.data_ptr(), mask.data_ptr(), rows, length, table.shape[1], top,
+        table.shape[0], torch.get_num_threads(), index.data_ptr(), found.data_ptr(),
+    )
+    if failed:
+        raise MemoryError("retrieval kernel could not allocate its per-thread buffers")
+    return index, found.view(torch.bool)
