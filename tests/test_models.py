@@ -82,8 +82,9 @@ def reference_attention(module: MultiHeadTargetAttention, query, keys, mask):
     for b in range(len(query)):
         q = (module.query.weight.double() @ query[b].double()).view(heads, -1)
         real = keys[b][mask[b]].double()
-        k = (real @ module.key.weight.double().T).view(len(real), heads, q.shape[1])
-        v = (real @ module.value.weight.double().T).view(len(real), heads, q.shape[1])
+        key_weight, value_weight = module.key_value.weight.double().chunk(2, dim=0)
+        k = (real @ key_weight.T).view(len(real), heads, q.shape[1])
+        v = (real @ value_weight.T).view(len(real), heads, q.shape[1])
         outputs = []
         for h in range(heads):
             if len(real) == 0:

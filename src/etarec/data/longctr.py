@@ -47,8 +47,9 @@ def prepare_longctr(data: DataConfig, out: Path, log=print) -> Path:
     lc_category = _category_column(item_info, item_file)
     num_items = len(item_index) + SHIFT
     item_category = np.zeros(num_items, dtype=np.int64)
-    item_category[SHIFT:] = np.where(lc_category > 0, lc_category + SHIFT, 0)
-    item_category[1] = 1
+    # a real item without a category gets "unknown" (1): category 0 is reserved for padding
+    item_category[SHIFT:] = np.where(lc_category > 0, lc_category + SHIFT, 1)
+    item_category[0] = 0
     num_categories = int(item_category.max()) + 1
 
     sequences = pq.read_table(user_file, columns=["full_item_seq"])["full_item_seq"].combine_chunks()

@@ -44,6 +44,7 @@ class ETA(LongShortInterestModel):
         and grows batch by batch, so evaluation hashes each item once per checkpoint.
         """
         items = batch.history_items.flatten()  # [B*L]
+        categories = batch.history_categories.flatten()  # [B*L]
         num_items = self.features.item.num_embeddings
         cache = self._code_cache
         if self.training or cache is None:
@@ -51,13 +52,16 @@ class ETA(LongShortInterestModel):
             if not self.training:
                 self._code_cache = cache
         table, hashed = cache  # [V, W] codes, [V] which rows hold current codes
-        any_position = torch.full((num_items,), -1, dtype=torch.int64)
-        any_position[items] = torch.arange(len(items))  # duplicates: any of their positions will do
-        new = torch.nonzero((any_position >= 0) & ~hashed).squeeze(1)  # [U]
-        if len(new):
-            # an item has one category, so the category at any of its positions is the item's
-            categories = batch.history_categories.flatten()[any_position[new]]
-            table[new] = self.simhash(self.features.items(new, categories))
+        if not self.training:
+            missing = ~hashed[items]
+            items, categories = items[missing], categories[missing]
+        if len(items):
+            # an item has one category and every real item has one >= 1 (padding: 0), so the
+            # scatter both finds the distinct items and gives their categories
+            category_of = torch.zeros(num_items, dtype=categories.dtype)
+            category_of[items] = categories
+            new = torch.nonzero(category_of).squeeze(1)  # [U]
+            table[new] = self.simhash(self.features.items(new, category_of[new]))
             hashed[new] = True
         return table
 

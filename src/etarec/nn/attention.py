@@ -23,8 +23,7 @@ class MultiHeadTargetAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(query_dim, attention_dim, bias=False)
-        self.key = nn.Linear(key_dim, attention_dim, bias=False)
-        self.value = nn.Linear(key_dim, attention_dim, bias=False)
+        self.key_value = nn.Linear(key_dim, 2 * attention_dim, bias=False)  # one GEMM for both
         self.output = nn.Linear(attention_dim, attention_dim)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,7 +31,7 @@ class MultiHeadTargetAttention(nn.Module):
 
     def project(self, keys: torch.Tensor) -> torch.Tensor:
         """[..., K, Dk] behaviours -> [..., K, 2A] their keys and values side by side"""
-        return torch.cat([self.key(keys), self.value(keys)], dim=-1)
+        return self.key_value(keys)
 
     def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, _ = projected.shape
