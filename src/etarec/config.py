@@ -59,6 +59,10 @@ class ModelConfig(_Section):
     activation: Literal["relu", "prelu", "dice"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     hash_seed: int = 0  # seed of the fixed SimHash projection
+    sparse_embeddings: bool = False  # sparse gradients + SparseAdam for embedding tables (large vocabularies)
+    # SDIM (sdim model only): m fixed random hash functions, read as m / tau signatures of tau bits
+    sdim_hashes: int = Field(48, ge=1)
+    sdim_tau: int = Field(3, ge=1, le=62)  # a signature is one int64 bucket id
 
     @model_validator(mode="after")
     def _check_windows(self) -> "ModelConfig":
@@ -76,6 +80,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"attention_dim={self.attention_dim} is not divisible by heads={self.heads}"
             )
+        if self.sdim_hashes % self.sdim_tau:
+            raise ValueError(
+                f"sdim_hashes={self.sdim_hashes} is not divisible by sdim_tau={self.sdim_tau}: SDIM groups "
+                "its hash functions into signatures of sdim_tau bits each"
+            )
         return self
 
 
@@ -90,6 +99,8 @@ class TrainConfig(_Section):
     seed: int = 2024
     threads: int | None = None  # torch intra-op threads; None -> torch's default
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
+    # resumable state (state.pt) every this many steps, and after every epoch; null: after epochs only
+    state_every_steps: int | None = Field(500, ge=1)
 
 
 class Config(_Section):

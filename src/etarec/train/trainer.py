@@ -1,6 +1,13 @@
-"""The training loop: Adam + BCE, early stopping on valid AUC, best checkpoint, metrics.json.
+"""The training loop: Adam + BCE, early stopping on valid AUC, best checkpoint, metrics.json; on one
+process or many (torchrun + DDP), resumable at any step.
 
 Knows models only through forward(Batch) -> logits.
+
+Many processes (torchrun): `train.batch_size` is the GLOBAL batch. All ranks compute the same epoch
+order from (seed, epoch); World.local_batch gives each its disjoint part of every global batch and
+the loss factor that makes DDP's averaged gradient the global batch's mean gradient, so N processes
+take the same steps as one. Valid/test predictions are gathered from all ranks and scored once
+(one AUC over all samples, not an average of per-rank AUCs). Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +23,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from etarec.config import Config, dump_config
-from etarec.data.batch import BatchBuilder
+from etarec.config import Config, build_config, dump_config
+from etarec.data.batch import BatchBuilder, epoch_order, rank_share
 from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import PreparedData, Samples
 from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
+from etarec.train import distributed
 from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from etarec.train.distributed import World
 from etarec.train.metrics import all_metrics
-from etarec.train.optim import make_optimizer
+from etarec.train.optim import clip_gradients, make_optimizer
+from etarec.train.state import STATE_FILE, Progress, load_state, restore, rng_states, save_state
 
 
 def seed_everything(seed: int) -> None:
@@ -41,106 +52,210 @@ def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_siz
             progress: bool = False, description: str = "evaluate") -> tuple[np.ndarray, float]:
     """(probabilities [N], inference samples/s) over a split, in sample order."""
     model.eval()
+    device = next(model.parameters()).device
     outputs = []
     started = time.perf_counter()
     batches = builder.batches(samples, batch_size)
     total = math.ceil(len(samples) / batch_size)
     for batch in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
-        outputs.append(torch.sigmoid(model(batch)))
+        outputs.append(torch.sigmoid(model(batch.to(device))).cpu())
     seconds = time.perf_counter() - started
     probabilities = torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
     return probabilities, len(samples) / max(seconds, 1e-9)
 
 
 def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
-                   progress: bool = False, description: str = "evaluate") -> dict[str, float]:
-    probabilities, samples_per_second = predict(model, builder, samples, batch_size, progress, description)
+                   progress: bool = False, description: str = "evaluate", world: World = World()) -> dict[str, float]:
+    """Metrics over a split; with several ranks each predicts its share and all scores are gathered first."""
+    started = time.perf_counter()
+    share = rank_share(np.arange(len(samples)), world.rank, world.size)
+    mine = Samples(**{f.name: getattr(samples, f.name)[share] for f in fields(Samples)})
+    local, _ = predict(model, builder, mine, batch_size, progress and world.main, description)
+    probabilities = world.gather_shares(local, len(samples))
     metrics = all_metrics(samples.user, samples.label, probabilities)
-    metrics["infer_samples_per_second"] = samples_per_second
+    metrics["infer_samples_per_second"] = len(samples) / max(time.perf_counter() - started, 1e-9)
     return metrics
 
 
-def _train_epoch(model, optimizer, builder, samples, config: Config, epoch: int, progress: bool) -> tuple[float, int, float]:
-    """One pass over the (shuffled) train split: (mean loss, samples seen, seconds)."""
-    model.train()
-    steps = math.ceil(len(samples) / config.train.batch_size)
-    if config.train.max_steps_per_epoch:
-        steps = min(steps, config.train.max_steps_per_epoch)
-    batches = builder.batches(samples, config.train.batch_size, shuffle=True, seed=config.train.seed, epoch=epoch)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=not progress, leave=False)
-    loss_sum, seen, running = 0.0, 0, None
+@dataclass
+class _Job:
+    """What one training run works with, on this rank."""
+
+    config: Config
+    out: Path
+    world: World
+    data: PreparedData
+    model: nn.Module  # the plain model: evaluation, checkpoints, state
+    replica: nn.Module  # what the training steps call: the DDP wrapper with several ranks
+    optimizer: object
+    builder: BatchBuilder
+    log: object
+    progress: bool
+
+    def save_state(self, progress: Progress) -> None:
+        rngs = self.world.all_gather_object(rng_states(self.world.device))  # every rank's own streams
+        if self.world.main:
+            save_state(self.out, self.config, self.data.meta, self.model, self.optimizer, rngs, progress)
+
+
+def _step(job: _Job, samples: Samples, global_index: np.ndarray) -> float:
+    """One optimizer step on a global batch; returns the batch's BCE sum over all ranks."""
+    world = job.world
+    local, scale = world.local_batch(global_index)
+    batch = job.builder.build(samples, local).to(world.device)
+    losses = nn.functional.binary_cross_entropy_with_logits(job.replica(batch), batch.labels, reduction="none")
+    job.optimizer.zero_grad(set_to_none=True)
+    (losses.sum() * scale).backward()
+    if job.config.train.grad_clip:
+        clip_gradients(list(job.model.parameters()), job.config.train.grad_clip)
+    job.optimizer.step()
+    return world.sum(losses.detach().sum() * bool(scale)).item()
+
+
+def _train_epoch(job: _Job, state: Progress) -> None:
+    """Run the current epoch from state.step to its end, saving state every state_every_steps."""
+    train_config = job.config.train
+    samples = job.data.splits["train"]
+    steps = math.ceil(len(samples) / train_config.batch_size)
+    if train_config.max_steps_per_epoch:
+        steps = min(steps, train_config.max_steps_per_epoch)
+    order = epoch_order(len(samples), train_config.seed, state.epoch)
+    job.replica.train()
+    bar = tqdm(total=steps, initial=state.step, desc=f"epoch {state.epoch + 1}/{train_config.epochs}",
+               disable=not (job.progress and job.world.main), leave=False)
     started = time.perf_counter()
-    for _, batch in zip(range(steps), batches):
-        loss = nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.train.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
-        value = loss.item()
-        loss_sum += value * len(batch)
-        seen += len(batch)
-        running = value if running is None else 0.98 * running + 0.02 * value
+    while state.step < steps:
+        global_index = order[state.step * train_config.batch_size : (state.step + 1) * train_config.batch_size]
+        loss_sum = _step(job, samples, global_index)
+        state.step += 1
+        state.epoch_loss_sum += loss_sum
+        state.epoch_samples += len(global_index)
         bar.update()
-        bar.set_postfix(loss=f"{running:.4f}")
+        bar.set_postfix(loss=f"{loss_sum / len(global_index):.4f}")
+        every = train_config.state_every_steps
+        if every and state.step % every == 0 and state.step < steps:
+            state.epoch_seconds += time.perf_counter() - started
+            job.save_state(state)
+            started = time.perf_counter()  # the save is not training time
+    state.epoch_seconds += time.perf_counter() - started
     bar.close()
-    return loss_sum / max(seen, 1), seen, time.perf_counter() - started
 
 
-def train(config: Config, out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None) -> dict:
-    """Train `config` into folder `out` (config.yaml, model.pt of the best epoch, metrics.json)."""
-    model_class(config.model.name)  # fail on a bad name before writing or preparing anything
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out / "config.yaml", dump_config(config))
+def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
+    """Validate, keep the best checkpoint, decide on early stopping, move the position on."""
+    valid = evaluate_split(job.model, job.builder, job.data.splits["valid"], job.config.train.eval_batch_size,
+                           job.progress, "valid", job.world)
+    loss = state.epoch_loss_sum / max(state.epoch_samples, 1)
+    seconds = state.epoch_seconds
+    state.history.append({"epoch": state.epoch + 1, "train_loss": loss, "train_seconds": seconds,
+                          **{f"valid_{k}": v for k, v in valid.items()}})
+    job.log(f"epoch {state.epoch + 1}: train loss {loss:.4f} ({state.epoch_samples / max(seconds, 1e-9):,.0f} samples/s), "
+            f"valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
+    if valid["auc"] > state.best_auc:
+        state.best_auc, state.best_epoch, state.stale = valid["auc"], state.epoch + 1, 0
+        if job.world.main:
+            save_checkpoint(job.out, job.model, job.config, vocab, epoch=state.epoch + 1, valid_auc=valid["auc"])
+    else:
+        state.stale += 1
+        if state.stale > job.config.train.patience:
+            job.log(f"early stop: valid auc has not improved for {state.stale} epoch(s)")
+            state.done = True
+    state.train_seconds += seconds
+    state.train_samples += state.epoch_samples
+    state.epoch += 1
+    state.done = state.done or state.epoch == job.config.train.epochs
+    state.step, state.epoch_loss_sum, state.epoch_samples, state.epoch_seconds = 0, 0.0, 0, 0.0
+    job.save_state(state)
+
+
+def _prepared(config: Config, world: World, log) -> PreparedData:
+    """Each rank's prepared data. Rank 0 prepares first, then the first process of every other
+    machine (which finds the data when the folder is shared, else prepares its own copy), then
+    the rest load it: no two processes ever write the same folder."""
+    data = None
+    for my_turn in (world.main, world.local_rank == 0, True):
+        if my_turn and data is None:
+            data = ensure_prepared(config.data, log=log)
+        world.barrier()
+    return data
+
+
+def _fit(config: Config, out: Path, world: World, progress: bool, log, data: PreparedData | None,
+         saved: dict | None) -> dict:
+    log = log if world.main else (lambda *_: None)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp-*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
+        if saved is None:
+            (out / STATE_FILE).unlink(missing_ok=True)  # a new run never resumes an old run's state
+        write_text_atomically(out / "config.yaml", dump_config(config))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    data = data or ensure_prepared(config.data, log=log)
+    data = data or _prepared(config, world, log)
     vocab = Vocab.from_meta(data.meta)
     seed_everything(config.train.seed)
-    model = build_model(config.model, vocab)
-    builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
+    model = build_model(config.model, vocab).to(world.device)  # the same initial weights on every rank
     optimizer = make_optimizer(model, config.train)
-    train_split, valid_split = data.splits["train"], data.splits["valid"]
+    # dropout draws differ between ranks, as they would between the samples of one process
+    torch.manual_seed(int(np.random.SeedSequence([config.train.seed, world.rank]).generate_state(1)[0]))
+    state = Progress()
+    if saved is not None:
+        state = restore(saved, out, data.meta, model, optimizer, world.rank, world.size, world.device)
+        log(f"resuming {out}: epoch {state.epoch + 1}, step {state.step}" if not state.done
+            else f"resuming {out}: training had ended, evaluating the best epoch")
+    job = _Job(config, out, world, data, model, world.wrap(model), optimizer,
+               BatchBuilder(data, config.model.long_len, config.model.short_len), log, progress)
+    while not state.done:
+        _train_epoch(job, state)
+        _end_epoch(job, state, vocab)
+    return _finish(job, state)
 
-    best_auc, best_epoch, stale = -math.inf, -1, 0
-    history, train_seconds, train_samples = [], 0.0, 0
-    for epoch in range(config.train.epochs):
-        loss, seen, seconds = _train_epoch(model, optimizer, builder, train_split, config, epoch, progress)
-        train_seconds += seconds
-        train_samples += seen
-        valid = evaluate_split(model, builder, valid_split, config.train.eval_batch_size, progress, "valid")
-        history.append({"epoch": epoch + 1, "train_loss": loss, "train_seconds": seconds, **{f"valid_{k}": v for k, v in valid.items()}})
-        log(f"epoch {epoch + 1}: train loss {loss:.4f} ({seen / seconds:,.0f} samples/s), "
-            f"valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
-        if valid["auc"] > best_auc:
-            best_auc, best_epoch, stale = valid["auc"], epoch + 1, 0
-            save_checkpoint(out, model, config, vocab, epoch=epoch + 1, valid_auc=valid["auc"])
-        else:
-            stale += 1
-            if stale > config.train.patience:
-                log(f"early stop: valid auc has not improved for {stale} epoch(s)")
-                break
 
-    model, _, _ = load_checkpoint(out, expected_model=config.model.name)
-    valid = evaluate_split(model, builder, valid_split, config.train.eval_batch_size, progress, "valid")
-    test = evaluate_split(model, builder, data.splits["test"], config.train.eval_batch_size, progress, "test")
+def _finish(job: _Job, state: Progress) -> dict:
+    """Score the best epoch's checkpoint on valid and test; rank 0 writes metrics.json."""
+    config, data, world = job.config, job.data, job.world
+    best = world.from_main(lambda: load_checkpoint(job.out, expected_model=config.model.name)[0].state_dict())
+    job.model.load_state_dict(best)
+    valid = evaluate_split(job.model, job.builder, data.splits["valid"], config.train.eval_batch_size,
+                           job.progress, "valid", world)
+    test = evaluate_split(job.model, job.builder, data.splits["test"], config.train.eval_batch_size,
+                          job.progress, "test", world)
     metrics = {
         "model": config.model.name,
         "dataset": data.meta["dataset"],
-        "best_epoch": best_epoch,
-        "epochs": len(history),
+        "best_epoch": state.best_epoch,
+        "epochs": len(state.history),
         "valid": valid,
         "test": test,
-        "train_seconds": train_seconds,
-        "train_seconds_per_epoch": train_seconds / len(history),
-        "train_samples_per_second": train_samples / max(train_seconds, 1e-9),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": state.train_seconds,
+        "train_seconds_per_epoch": state.train_seconds / len(state.history),
+        "train_samples_per_second": state.train_samples / max(state.train_seconds, 1e-9),
+        "parameters": sum(p.numel() for p in job.model.parameters()),
         "threads": torch.get_num_threads(),
-        "history": history,
+        "processes": world.size,
+        "history": state.history,
         "config": config.model_dump(mode="json"),
     }
-    write_text_atomically(out / "metrics.json", json.dumps(metrics, indent=2))
-    log(f"{config.model.name}: test auc {test['auc']:.4f} gauc {test['gauc']:.4f} logloss {test['logloss']:.4f} "
-        f"(best epoch {best_epoch}, {train_seconds:.0f}s training) -> {out}")
+    if world.main:
+        write_text_atomically(job.out / "metrics.json", json.dumps(metrics, indent=2))
+    job.log(f"{config.model.name}: test auc {test['auc']:.4f} gauc {test['gauc']:.4f} logloss {test['logloss']:.4f} "
+            f"(best epoch {state.best_epoch}, {state.train_seconds:.0f}s training) -> {job.out}")
     return metrics
+
+
+def train(config: Config, out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None) -> dict:
+    """Train `config` into folder `out` (config.yaml, model.pt of the best epoch, state.pt,
+    metrics.json), on all processes that torchrun started (or this one alone)."""
+    model_class(config.model.name)  # fail on a bad name before writing or preparing anything
+    with distributed.started() as world:
+        return _fit(config, Path(out), world, progress, log, data, saved=None)
+
+
+def resume(out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None) -> dict:
+    """Continue the run in folder `out` from its state.pt, exactly where it was saved; with the
+    same number of processes it was started with."""
+    out = Path(out)
+    with distributed.started() as world:
+        saved = world.from_main(lambda: load_state(out))
+        return _fit(build_config(saved["config"]), out, world, progress, log, data, saved)
