@@ -1,4 +1,5 @@
 """Sparse embedding updates: clipping and optimizer state agree with the dense formulation."""
+import pytest
 import torch
 
 from conftest import VOCAB, synthetic_batch
@@ -50,3 +51,23 @@ def test_sparse_step_touches_only_rows_in_the_batch_and_first_step_matches_adam(
     state = optimizers[1].state_dict()
     optimizers[1].load_state_dict(state)
     assert len(state["optimizers"]) == 2
+
+
+@pytest.mark.slow
+def test_sparse_updates_reach_dense_adam_auc_within_seed_noise(tmp_path):
+    from etarec.data.prepare import ensure_prepared
+    from etarec.train.trainer import train
+
+    def run(name, sparse, seed):
+        config = build_config({
+            "data": {"prepared_dir": str(tmp_path / "prepared")},
+            "model": {"long_len": 64, "short_len": 16, "top_k": 16, "sparse_embeddings": sparse},
+            "train": {"epochs": 1, "max_steps_per_epoch": 120, "seed": seed, "eval_batch_size": 4096},
+        })
+        data = ensure_prepared(config.data, log=lambda *_: None)
+        return train(config, tmp_path / name, progress=False, log=lambda *_: None, data=data)["test"]["auc"]
+
+    dense, dense_other_seed, sparse = run("dense", False, 1), run("dense2", False, 2), run("sparse", True, 1)
+    noise = abs(dense - dense_other_seed)
+    assert dense > 0.6 and sparse > 0.6
+    assert abs(sparse - dense) <= max(0.01, 3 * noise), (dense, dense_other_seed, sparse)

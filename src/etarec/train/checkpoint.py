@@ -1,7 +1,7 @@
 """Checkpoints: one file per run folder, written atomically, loaded with weights_only=True.
 
-The file holds only tensors and plain values (config, vocabulary sizes), so loading it never
-executes pickled code.
+The file holds only tensors and plain values (config, vocabulary sizes, the serving catalog), so
+loading it never executes pickled code.
 """
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def atomic_write_bytes(path: Path, write) -> None:
 
 
 def save_checkpoint(folder: Path, model: nn.Module, config: Config, vocab: Vocab, **extra) -> None:
+    """extra: plain values stored beside the weights. Without an explicit `catalog` (raw ids, item
+    categories, user profiles: what serving needs, see serve/catalog.py) the run's prepared data
+    supplies it, when that data is on disk and matches `vocab`."""
+    if "catalog" not in extra:
+        from etarec.serve.catalog import training_catalog  # reads Parquet: only when saving
+
+        catalog = training_catalog(config, vocab)
+        if catalog is not None:
+            extra["catalog"] = catalog
     payload = {
         "format": FORMAT,
         "model": config.model.name,
