@@ -2,7 +2,7 @@
 # The foundation issue's ML-1M runs: ETA and DIN (all features), ETA with the peer's features and
 # budget, and the peak-RSS check at L=1024. Each run's metrics.json, wall time and peak RSS
 # (/usr/bin/time -v) land in benchmarks/results/ml1m/.
-#   bash benchmarks/ml1m_foundation.sh            (needs ML-1M: ../shared/data or $ETAREC_DATA_ROOT)
+#   bash benchmarks/ml1m_foundation.sh [all|main|peer|rss]   (needs ML-1M: ../shared/data or $ETAREC_DATA_ROOT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ETAREC=${ETAREC:-.venv/bin/etarec}
@@ -25,9 +25,15 @@ print(f"{name}: wall {seconds:.0f} s, peak RSS {rss_kb / 1024:.0f} MB")
 PY
 }
 
-run ml1m_eta --config configs/ml1m_eta.yaml
-run ml1m_din --config configs/ml1m_din.yaml
-run ml1m_eta_peer --config configs/peer/ml1m_eta_peer.yaml
-# peak RSS of ML-1M training at L = 1024 (one epoch)
-run ml1m_eta_L1024 --config configs/ml1m_eta.yaml --set model.long_len=1024 --set train.epochs=1
-"$ETAREC" report runs/ml1m_eta runs/ml1m_din runs/ml1m_eta_peer runs/ml1m_eta_L1024
+case "${1:-all}" in
+  all|main)
+    run ml1m_eta --config configs/ml1m_eta.yaml
+    run ml1m_din --config configs/ml1m_din.yaml ;;&
+  all|peer)
+    run ml1m_eta_peer --config configs/peer/ml1m_eta_peer.yaml ;;&
+  all|rss)
+    # peak RSS of ML-1M training at L = 1024: 500 steps, then the full valid/test evaluation
+    run ml1m_eta_L1024 --config configs/ml1m_eta.yaml --set model.long_len=1024 --set train.epochs=1 \
+      --set train.max_steps_per_epoch=500 ;;
+esac
+"$ETAREC" report $(ls -d runs/ml1m_eta runs/ml1m_din runs/ml1m_eta_peer runs/ml1m_eta_L1024 2>/dev/null)

@@ -19,13 +19,27 @@ def _prepare(args) -> None:
         data = data.model_copy(update={"dataset": args.dataset, "path": None, "prepared_dir": None})
     if args.path:
         data = data.model_copy(update={"path": args.path})
-    prepare(DataConfig.model_validate(data.model_dump()), Path(args.out) if args.out else None)
+    data = DataConfig.model_validate(data.model_dump())
+    if args.stream:
+        from etarec.data.taobao_stream import prepare_taobao_stream
+
+        prepare_taobao_stream(data, Path(args.out) if args.out else None)
+        return
+    prepare(data, Path(args.out) if args.out else None)
 
 
 def _train(args) -> None:
     from etarec.config import load_config
-    from etarec.train.trainer import train
+    from etarec.train.trainer import resume, train
 
+    if args.resume:
+        if args.config or args.set or args.out:
+            raise EtarecError("--resume DIR continues the run with the config saved in DIR; "
+                              "drop --config/--set/--out, or start a new run without --resume")
+        resume(args.resume, progress=not args.no_progress)
+        return
+    if not (args.config and args.out):
+        raise EtarecError("train needs --config and --out (or --resume DIR to continue a run)")
     config = load_config(args.config, args.set)
     train(config, args.out, progress=not args.no_progress)
 
@@ -64,21 +78,56 @@ def _report(args) -> None:
     print(report_table([Path(run) for run in args.runs]))
 
 
+def _compare(args) -> None:
+    from etarec.compare import run_suite
+
+    for path in run_suite(args.suite, args.out, seeds=args.seeds, sweeps=args.sweep, overrides=args.set,
+                          progress=not args.no_progress):
+        print(f"wrote {path}")
+
+
+def _serve(args) -> None:
+    from etarec.serve.scorer import Scorer
+
+    try:
+        from etarec.serve.service import Limits, check_port, serve
+    except ImportError as error:
+        raise EtarecError(f"etarec serve needs {error.name}; install it with: pip install 'etarec[serve]'") from None
+    limits = Limits(args.max_candidates, args.max_history)
+    scorer = Scorer.load(args.checkpoint, args.threads)  # a bad checkpoint fails here, before the port opens
+    check_port(args.host, args.port)
+    print(f"etarec serve: {scorer.version} on http://{args.host}:{args.port}")
+    serve(scorer, args.host, args.port, limits)
+
+
+def _export(args) -> None:
+    from etarec.serve.export import check_onnx, export_onnx
+
+    out = export_onnx(args.checkpoint, args.out)
+    report = {"out": str(out), "bytes": out.stat().st_size}
+    if args.check:
+        report["check"] = check_onnx(args.checkpoint, out)
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etarec", description="CTR prediction with long behaviour sequences (ETA and baselines)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="raw events -> the canonical Parquet dataset")
-    prepare.add_argument("--dataset", choices=["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events"])
+    prepare.add_argument("--dataset", choices=["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events", "longctr"])
     prepare.add_argument("--path", help="raw data folder or file (default: bundled data or ../shared/data)")
     prepare.add_argument("--config", help="take the data section from this YAML config")
     prepare.add_argument("--out", help="output folder (default: prepared/<dataset>)")
+    prepare.add_argument("--stream", action="store_true",
+                         help="Taobao only: stream the CSVs with bounded memory (any size; malformed lines are counted and dropped)")
     prepare.set_defaults(run=_prepare)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
-    train.add_argument("--config", required=True)
+    train.add_argument("--config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.top_k=32")
-    train.add_argument("--out", required=True, help="run folder: config.yaml, model.pt, metrics.json")
+    train.add_argument("--out", help="run folder: config.yaml, model.pt, state.pt, metrics.json")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its state.pt (after a crash or kill)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_train)
 
@@ -91,6 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="table of test metrics of finished runs")
     report.add_argument("runs", nargs="+", help="run folders holding metrics.json")
     report.set_defaults(run=_report)
+
+    serve = commands.add_parser("serve", help="HTTP scoring service of a trained run (POST /score)")
+    serve.add_argument("--checkpoint", required=True, help="a run folder written by `etarec train`")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-candidates", type=int, default=4096, help="larger requests get 413")
+    serve.add_argument("--max-history", type=int, default=100_000, help="larger requests get 413")
+    serve.add_argument("--threads", type=int, help="worker threads per request (default: torch's, all cores)")
+    serve.set_defaults(run=_serve)
+
+    export = commands.add_parser("export", help="export a trained run as an ONNX graph")
+    export.add_argument("--checkpoint", required=True, help="a run folder written by `etarec train`")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", required=True, help="the .onnx file to write")
+    export.add_argument("--check", action="store_true", help="then check parity with PyTorch on real test samples")
+    export.set_defaults(run=_export)
+
+    compare = commands.add_parser("compare", help="train every model of a suite for several seeds; tables and plots")
+    compare.add_argument("--suite", required=True, help="suite YAML, e.g. configs/suites/quickstart.yaml")
+    compare.add_argument("--seeds", type=int, default=1, help="runs per model (seed i: train.seed and model.hash_seed + i)")
+    compare.add_argument("--out", required=True, help="results folder: runs/, summary.json/.md, auc_vs_cost.png")
+    compare.add_argument("--sweep", action="append", default=[], metavar="[ENTRY.]KEY=V1,V2,...",
+                         help="instead of the main table, sweep a model key, e.g. eta.hash_bits=4,8,16 or long_len=64,256")
+    compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value for every entry, e.g. train.max_steps_per_epoch=20")
+    compare.add_argument("--no-progress", action="store_true")
+    compare.set_defaults(run=_compare)
     return parser
 
 

@@ -7,12 +7,20 @@ from torch import nn
 
 from etarec.config import ModelConfig
 from etarec.errors import EtarecError
+from etarec.models.avg_pool import AvgPool
 from etarec.models.din import DIN
+from etarec.models.din_long import DINLong
 from etarec.models.eta import ETA
+from etarec.models.eta_inner_product import EtaInnerProduct
 from etarec.models.full_attention import FullAttention
+from etarec.models.sdim import SDIM
+from etarec.models.sim_hard import SimHard
 from etarec.nn.embeddings import Vocab
 
-MODELS: dict[str, type[nn.Module]] = {"eta": ETA, "din": DIN, "full_attention": FullAttention}
+MODELS: dict[str, type[nn.Module]] = {
+    "eta": ETA, "din": DIN, "full_attention": FullAttention, "avg_pool": AvgPool, "din_long": DINLong,
+    "sim_hard": SimHard, "eta_inner_product": EtaInnerProduct, "sdim": SDIM,
+}
 
 
 def model_class(name: str) -> type[nn.Module]:

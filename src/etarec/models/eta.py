@@ -12,19 +12,17 @@ import torch
 
 from etarec.config import ModelConfig
 from etarec.data.batch import Batch
-from etarec.nn.attention import target_attention
 from etarec.nn.embeddings import Vocab
-from etarec.nn.interest import LongShortInterestModel
+from etarec.nn.interest import RetrievalInterestModel
 from etarec.retrieval.simhash import SimHash, table_hamming_top_k
 
 
-class ETA(LongShortInterestModel):
+class ETA(RetrievalInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab)
-        self.top_k = config.top_k
+        # the projection draws from its own seeded generator, so it leaves the weights' draws alone
         self.simhash = SimHash(self.features.item_dim, config.hash_bits, seed=config.hash_seed)
         self._code_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.long_attention = target_attention(config, self.features.item_dim, self.features.behaviour_dim)
 
     def train(self, mode: bool = True) -> "ETA":
         self._code_cache = None  # embeddings move while training; cached signatures would go stale
@@ -73,8 +71,3 @@ class ETA(LongShortInterestModel):
         """(index [B, K], found [B, K]) of the k behaviours nearest to the target."""
         return table_hamming_top_k(self.simhash(target), self.code_table(batch), batch.history_items,
                                    batch.history_mask, self.top_k)
-
-    def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        index, found = self.retrieve(batch, target)  # [B, K]
-        retrieved, _ = self.features.history(batch, index)  # [B, K, Db]
-        return self.long_attention(target, retrieved, found)  # [B, A]

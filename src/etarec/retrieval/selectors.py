@@ -1,0 +1,73 @@
+"""The baselines' ways of choosing behaviours from the long window, next to ETA's SimHash top-k.
+
+Top-k selectors follow simhash.hamming_top_k's contract: positions index the right-aligned window
+[B, L]; they return (index [B, K], found [B, K]) with K = min(k, L), best first; ties go to the
+more recent position; padding is never selected (it comes last, found=False).
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional
+
+from etarec.retrieval.simhash import SimHash
+
+
+def _recency(length: int, device: torch.device) -> torch.Tensor:
+    """[L] 0 for the most recent (rightmost) position, L - 1 for the oldest"""
+    return torch.arange(length - 1, -1, -1, device=device)
+
+
+def category_top_k(history_categories: torch.Tensor, history_mask: torch.Tensor, target_category: torch.Tensor,
+                   k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SIM(hard) search: the behaviours whose category equals the target's, most recent first.
+
+    history_categories [B, L], history_mask [B, L], target_category [B].
+    """
+    length = history_categories.shape[1]
+    recency = _recency(length, history_categories.device)  # [L]
+    match = history_mask & (history_categories == target_category[:, None])  # [B, L]
+    # one distinct integer per position: every match (key < L) before every non-match
+    order_key = torch.where(match, recency, length + recency)  # [B, L]
+    selected_key, index = torch.topk(order_key, min(k, length), dim=1, largest=False, sorted=True)
+    return index, selected_key < length
+
+
+def inner_product_top_k(query: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
+                        k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k by inner product (the ETA paper's ablation v3, and the reference its SimHash
+    retrieval is measured against). query [B, D], keys [B, L, D], key_mask [B, L]."""
+    length = keys.shape[1]
+    scores = (keys @ query[:, :, None]).squeeze(-1)  # [B, L]
+    scores = scores.masked_fill(~key_mask, float("-inf"))  # real scores are finite: padding sorts last
+    # a stable sort of the newest-first order keeps equal scores newest first (topk's tie order is unspecified)
+    newest_first = torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices[:, : min(k, length)]
+    index = length - 1 - newest_first  # [B, K] back to window positions
+    return index, torch.gather(key_mask, 1, index)
+
+
+class BucketHash(SimHash):
+    """SDIM's hashing (arXiv 2205.10249): the m sign bits of SimHash's fixed random projection, read
+    as m / tau signatures of tau bits each; a signature is the id of the bucket it names."""
+
+    def __init__(self, dim: int, hashes: int, tau: int, seed: int = 0):
+        super().__init__(dim, hashes, seed=seed)
+        self.tau = tau
+
+    @torch.no_grad()
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[..., D] float -> [..., m / tau] int64 bucket ids"""
+        bits = (embeddings.detach() @ self.projection > 0).to(torch.int64)  # [..., m]
+        groups = bits.view(*bits.shape[:-1], -1, self.tau)  # [..., G, tau]
+        return (groups << torch.arange(self.tau, device=bits.device)).sum(-1)  # [..., G]
+
+
+def bucket_mean(query_buckets: torch.Tensor, key_buckets: torch.Tensor, values: torch.Tensor,
+                key_mask: torch.Tensor) -> torch.Tensor:
+    """SDIM's interest: per hash group, the behaviours in the target's bucket are summed and
+    l2-normalised; the groups are averaged. A group whose bucket holds no real behaviour adds zero.
+
+    query_buckets [B, G], key_buckets [B, L, G], values [B, L, D], key_mask [B, L] -> [B, D].
+    """
+    same = (key_buckets == query_buckets[:, None, :]) & key_mask[:, :, None]  # [B, L, G]
+    sums = torch.einsum("blg,bld->bgd", same.to(values.dtype), values)  # [B, G, D]
+    return functional.normalize(sums, dim=-1).mean(1)  # normalize leaves a zero sum at zero

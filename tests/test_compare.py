@@ -1,0 +1,150 @@
+"""`etarec compare` end to end on a tiny suite: summaries equal a numpy reduction of the runs'
+metrics.json, finished runs are never redone, sweeps reuse equal runs, bad input is one line."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import etarec.compare
+from etarec.cli import main
+from etarec.compare import retrieval_recall, run_suite
+from etarec.config import build_config
+from etarec.data.batch import BatchBuilder
+from etarec.data.prepare import ensure_prepared
+from etarec.models import build_model
+from etarec.nn.embeddings import Vocab
+
+BASE = {"model": {"name": "eta", "long_len": 32, "short_len": 8, "top_k": 8, "hash_bits": 16, "embedding_dim": 8,
+                  "attention_dim": 16, "mlp": [32]},
+        "train": {"epochs": 1, "max_steps_per_epoch": 4, "batch_size": 128, "eval_batch_size": 4096, "threads": 1}}
+QUIET = {"progress": False, "log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prepared") / "ml-latest-small"
+    ensure_prepared(build_config({"data": {"prepared_dir": str(folder)}}).data, log=lambda *_: None)
+    return folder
+
+
+@pytest.fixture
+def suite(tmp_path, prepared_dir):
+    """A suite of two models, eta listed first: the tables must still put din (the paper's order) first."""
+    base = {**BASE, "data": {"prepared_dir": str(prepared_dir)}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    suite = {"base": "base.yaml", "set": {"train.lr": 0.002}, "models": [{"name": "eta"}, {"name": "din"}]}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    return tmp_path / "suite.yaml"
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """The run folders the suite trains, in order (the real trainer still runs)."""
+    folders = []
+    real_train = etarec.compare.train
+
+    def counting_train(config, out, **kwargs):
+        folders.append(out)
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(etarec.compare, "train", counting_train)
+    return folders
+
+
+@pytest.mark.slow
+def test_summary_equals_the_runs_metrics_and_a_rerun_redoes_nothing(suite, tmp_path, trained):
+    out = tmp_path / "results"
+    written = run_suite(suite, out, seeds=2, **QUIET)
+    assert [p.name for p in written] == ["summary.json", "summary.md", "auc_vs_cost.png"]
+    assert len(trained) == 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["name"] for row in summary["models"]] == ["din", "eta"]
+    for row in summary["models"]:
+        assert row["seeds"] == [2024, 2025]
+        runs = [json.loads((out / folder / "metrics.json").read_text()) for folder in row["runs"]]
+        assert [m["config"]["train"]["seed"] for m in runs] == [2024, 2025]
+        assert [m["config"]["model"]["hash_seed"] for m in runs] == [0, 1]
+        assert all(m["config"]["train"]["lr"] == 0.002 and m["model"] == row["name"] for m in runs)
+        for key, pick in {"test_auc": lambda m: m["test"]["auc"], "test_gauc": lambda m: m["test"]["gauc"],
+                          "test_logloss": lambda m: m["test"]["logloss"],
+                          "train_seconds_per_epoch": lambda m: m["train_seconds_per_epoch"],
+                          "train_samples_per_second": lambda m: m["train_samples_per_second"],
+                          "infer_samples_per_second": lambda m: m["test"]["infer_samples_per_second"]}.items():
+            values = np.array([pick(m) for m in runs])
+            assert row[key]["mean"] == pytest.approx(values.mean(), rel=1e-12)
+            assert row[key]["std"] == pytest.approx(values.std(ddof=1), rel=1e-12)
+        assert row["parameters"] == runs[0]["parameters"]
+        recall = row["retrieval_recall"]
+        assert (recall is None) == (row["name"] == "din")
+        assert recall is None or 0.0 <= recall["mean"] <= 1.0
+    table = (out / "summary.md").read_text()
+    assert table.index("| din |") < table.index("| eta |") and "±" in table
+    assert (out / "auc_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    before = (out / "summary.json").read_text()
+    run_suite(suite, out, seeds=2, **QUIET)
+    assert len(trained) == 4, "a finished run was trained again"
+    assert (out / "summary.json").read_text() == before
+
+    # a run whose metrics.json was written for another config is not finished: it is redone, alone
+    stale = out / summary["models"][1]["runs"][0] / "metrics.json"
+    metrics = json.loads(stale.read_text())
+    metrics["config"]["train"]["lr"] = 0.5
+    stale.write_text(json.dumps(metrics))
+    run_suite(suite, out, seeds=2, **QUIET)
+    assert trained[4:] == [stale.parent]
+
+
+@pytest.mark.slow
+def test_sweep_writes_its_table_and_reuses_the_main_tables_runs(suite, tmp_path, trained):
+    out = tmp_path / "results"
+    run_suite(suite, out, seeds=1, **QUIET)
+    main_table = len(trained)
+    written = run_suite(suite, out, seeds=1, sweeps=["eta.hash_bits=4,16"], **QUIET)
+    assert [p.name for p in written] == ["sweep_eta_hash_bits.json", "sweep_eta_hash_bits.md", "sweep_eta_hash_bits.png"]
+    assert len(trained) == main_table + 1, "hash_bits=16 is the main table's eta run and must be reused"
+    sweep = json.loads((out / "sweep_eta_hash_bits.json").read_text())
+    assert [(row["name"], row["value"]) for row in sweep["rows"]] == [("eta", 4), ("eta", 16)]
+    for row in sweep["rows"]:
+        assert 0.0 <= row["retrieval_recall"]["mean"] <= 1.0
+        config = json.loads((out / row["runs"][0] / "metrics.json").read_text())["config"]
+        assert config["model"]["hash_bits"] == row["value"]
+    assert "| eta | 4 |" in (out / "sweep_eta_hash_bits.md").read_text()
+
+
+def test_inner_product_retrieval_has_recall_one_and_simhash_at_most_one(prepared_dir):
+    config = build_config({**BASE, "data": {"prepared_dir": str(prepared_dir)}})
+    data = ensure_prepared(config.data, log=lambda *_: None)
+    builder = BatchBuilder(data, 32, 8)
+    recalls = {}
+    for name in ("eta_inner_product", "eta", "sim_hard"):
+        torch.manual_seed(0)
+        model = build_model(config.model.model_copy(update={"name": name}), Vocab.from_meta(data.meta))
+        recalls[name] = retrieval_recall(model, builder, data.splits["test"], 1024, max_samples=3000)
+    assert recalls["eta_inner_product"] == 1.0
+    assert 0.0 < recalls["eta"] < 1.0 and 0.0 <= recalls["sim_hard"] < 1.0
+
+
+@pytest.mark.parametrize("change,args,message", [
+    ({"models": [{"name": "etaa"}]}, [], "entry 'etaa': unknown model 'etaa'; did you mean 'eta'?"),
+    ({"models": [{"name": "x", "model": "nope"}]}, [], "entry 'x': unknown model 'nope'"),
+    ({"models": [{"name": "eta", "set": {"model.top_kk": 3}}]}, [], "unknown config key 'model.top_kk'"),
+    ({"models": [{"name": "eta", "set": {"data.dataset": "ml-1m"}}]}, [], "overrides data.*"),
+    ({"models": ["eta", "eta"]}, [], "two entries are named 'eta'"),
+    ({"models": None}, [], "needs `base`"),
+    ({}, ["--sweep", "eta.hash_bits"], "sweep 'eta.hash_bits' is malformed"),
+    ({}, ["--sweep", "eta.hash_bits=4,,8"], "is malformed"),
+    ({}, ["--sweep", "eta.hash_bitz=4,8"], "'hash_bitz' is not a model config key; did you mean 'hash_bits'?"),
+    ({}, ["--sweep", "etta.hash_bits=4,8"], "no entry named 'etta'; did you mean 'eta'?"),
+    ({}, ["--sweep", "eta.top_k=8,64"], "sweep eta.top_k: entry 'eta' with top_k=64: invalid config"),
+    ({}, ["--seeds", "0"], "need at least one seed"),
+])
+def test_bad_suite_or_sweep_is_one_clear_line(suite, tmp_path, capsys, change, args, message):
+    raw = {**yaml.safe_load(suite.read_text()), **change}
+    suite.write_text(yaml.safe_dump(raw))
+    assert main(["compare", "--suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress", *args]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("etarec compare: error: ") and message in error, error
+    assert not (tmp_path / "out" / "runs").exists(), "nothing may be trained before the input is validated"

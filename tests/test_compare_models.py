@@ -1,0 +1,127 @@
+"""The comparison suite's models: each trains, each handles every history shape, and each selects
+what its paper says it selects."""
+import pytest
+import torch
+
+from conftest import VOCAB, synthetic_batch
+from etarec.config import build_config
+from etarec.errors import EtarecError
+from etarec.models import MODELS, build_model
+from etarec.nn.pooling import masked_mean
+from etarec.retrieval.selectors import inner_product_top_k
+
+SHAPES = [16, 15, 12, 0, 3]  # first real column per row: empty, one, four, full, most
+
+
+def make(name, **model):
+    config = build_config({"model": {"name": name, "long_len": 16, "short_len": 4, "top_k": 5, "hash_bits": 13,
+                                     "sdim_hashes": 12, "sdim_tau": 3, "use_time": True, "use_action": True,
+                                     **model}})
+    torch.manual_seed(0)
+    return build_model(config.model, VOCAB)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_learns_a_batch(name):
+    model = make(name)
+    batch = synthetic_batch(batch=32, valid_from=torch.arange(32) % 17)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("attention", ["multihead", "din"])
+def test_every_model_scores_empty_short_and_full_histories(name, attention):
+    model = make(name, attention=attention)
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    logits = model(batch)
+    assert logits.shape == (5,) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_padding_content_does_not_change_any_model(name):
+    model = make(name).eval()
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    before = model(batch)
+    for column in (batch.history_items, batch.history_categories, batch.history_actions, batch.history_time_gaps):
+        column.copy_(torch.where(batch.history_mask, column, column.max()))  # padded positions get other ids
+    torch.testing.assert_close(model(batch), before)
+
+
+def test_sim_hard_retrieves_only_the_targets_category_most_recent_first():
+    model = make("sim_hard", top_k=5)
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    batch.history_categories[:, ::3] = batch.target_category[:, None]  # some matches in every row
+    index, found = model.retrieve(batch, model.features.target(batch))
+    for row in range(5):
+        matches = [j for j in reversed(range(16)) if batch.history_mask[row, j]
+                   and batch.history_categories[row, j] == batch.target_category[row]]
+        assert index[row][found[row]].tolist() == matches[:5]
+
+
+def test_eta_inner_product_retrieves_the_exact_inner_product_top_k():
+    model = make("eta_inner_product", top_k=5)
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    index, found = model.retrieve(batch, model.features.target(batch))
+    with torch.no_grad():
+        target = model.features.target(batch).double()
+        keys = model.features.items(batch.history_items, batch.history_categories).double()
+    for row in range(5):
+        real = [j for j in reversed(range(16)) if batch.history_mask[row, j]]
+        expected = sorted(real, key=lambda j: -float(keys[row, j] @ target[row]))[:5]
+        assert index[row][found[row]].tolist() == expected
+    # the same selector measures SimHash's recall in `etarec compare`: the model is that reference
+    torch.testing.assert_close(index, inner_product_top_k(model.features.target(batch), model.features.items(
+        batch.history_items, batch.history_categories), batch.history_mask, 5)[0])
+
+
+@pytest.mark.parametrize("attention", ["multihead", "din"])
+def test_full_attention_equals_eta_that_retrieves_the_whole_window(attention):
+    full = make("full_attention", top_k=16, attention=attention).eval()
+    eta = make("eta", top_k=16, attention=attention).eval()
+    weights = {name: value for name, value in eta.state_dict().items() if name != "simhash.projection"}
+    assert weights.keys() == full.state_dict().keys()
+    assert all(torch.equal(value, full.state_dict()[name]) for name, value in weights.items())
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    index, found = eta.retrieve(batch, eta.features.target(batch))
+    for row in range(5):
+        assert set(index[row][found[row]].tolist()) == set(torch.nonzero(batch.history_mask[row]).flatten().tolist())
+    torch.testing.assert_close(eta(batch), full(batch))
+
+
+def test_avg_pool_is_a_dnn_over_the_mean_and_din_long_adds_short_attention():
+    avg_pool, din_long = make("avg_pool"), make("din_long")
+    assert avg_pool.short_attention is None and din_long.short_attention is not None
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    history, mask = avg_pool.features.history(batch)
+    expected = [history[row][mask[row]].mean(0) if mask[row].any() else torch.zeros(history.shape[-1])
+                for row in range(5)]
+    torch.testing.assert_close(avg_pool.long_interest(batch, None), torch.stack(expected))
+    torch.testing.assert_close(masked_mean(history, mask), torch.stack(expected))
+
+
+def test_sdim_gathers_the_targets_bucket_from_a_fixed_hash():
+    model = make("sdim")
+    assert list(dict(model.named_buffers())) == ["hash.projection"], "the hash must be fixed, not trained"
+    # one real behaviour, the target item itself: it shares the target's bucket in every signature,
+    # so the interest is that behaviour, l2-normalised
+    batch = synthetic_batch(batch=5, valid_from=[15] * 5)
+    batch.history_items[:, -1], batch.history_categories[:, -1] = batch.target_item, batch.target_category
+    behaviour, _ = model.features.history(batch)  # [B, L, Db]
+    expected = torch.nn.functional.normalize(behaviour[:, -1], dim=-1)
+    torch.testing.assert_close(model.long_interest(batch, model.features.target(batch)), expected)
+
+
+def test_sdim_hashes_must_split_into_signatures():
+    with pytest.raises(EtarecError, match="sdim_hashes=10 is not divisible by sdim_tau=3"):
+        build_config({"model": {"name": "sdim", "sdim_hashes": 10, "sdim_tau": 3}})

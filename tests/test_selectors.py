@@ -1,0 +1,106 @@
+"""The baselines' selectors against slow references: loops over rows, positions and groups."""
+import numpy as np
+import pytest
+import torch
+
+from etarec.retrieval.selectors import BucketHash, bucket_mean, category_top_k, inner_product_top_k
+
+
+def random_window(rng, batch, length):
+    mask = rng.random((batch, length)) < rng.uniform(0.2, 1.0)
+    mask[0] = False  # an all-padding row
+    if batch > 1:
+        mask[1] = True  # a row without padding
+    return mask
+
+
+def newest_first(valid):
+    return [j for j in reversed(range(len(valid))) if valid[j]]
+
+
+def check(index, found, expected, k, length):
+    """expected: per row, the selected positions best first (at most k); the rest must be padding."""
+    assert index.shape == found.shape == (len(expected), min(k, length))
+    for row, positions in enumerate(expected):
+        n = len(positions)
+        assert found[row].tolist() == [True] * n + [False] * (index.shape[1] - n), "padding selected or a key lost"
+        assert index[row, :n].tolist() == positions
+        assert len(set(index[row].tolist())) == index.shape[1], "a position returned twice"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_category_top_k_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    batch, length, k = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 50))  # often k >= L
+    mask = random_window(rng, batch, length)
+    categories = rng.integers(2, 5, (batch, length))  # few categories: many matches
+    target = rng.integers(2, 5, batch)
+    categories[~mask] = target[np.nonzero(~mask)[0]]  # padding that "matches" must still never be selected
+    index, found = category_top_k(torch.from_numpy(categories), torch.from_numpy(mask), torch.from_numpy(target), k)
+    expected = [[j for j in newest_first(mask[b]) if categories[b, j] == target[b]][:k] for b in range(batch)]
+    check(index, found, expected, k, length)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_inner_product_top_k_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    batch, length, k, dim = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 50)), 3
+    mask = random_window(rng, batch, length)
+    # small integers: float32 scores are exact, and equal scores (ties) are frequent
+    keys = rng.integers(-2, 3, (batch, length, dim)).astype(np.float32)
+    keys[~mask] = 100.0  # padding that would win on score must never be selected
+    query = rng.integers(-2, 3, (batch, dim)).astype(np.float32)
+    index, found = inner_product_top_k(torch.from_numpy(query), torch.from_numpy(keys), torch.from_numpy(mask), k)
+    expected = []
+    for b in range(batch):
+        score = {j: float(np.dot(query[b].astype(np.float64), keys[b, j])) for j in newest_first(mask[b])}
+        expected.append(sorted(score, key=lambda j: -score[j])[:k])  # stable: ties stay newest first
+    check(index, found, expected, k, length)
+
+
+def test_ties_go_to_the_most_recent_position():
+    keys = torch.ones(1, 5, 2)  # every score equal
+    mask = torch.tensor([[True, False, True, True, False]])
+    index, found = inner_product_top_k(torch.ones(1, 2), keys, mask, 3)
+    assert index[0].tolist() == [3, 2, 0] and found[0].all()
+    index, found = category_top_k(torch.full((1, 5), 7), mask, torch.tensor([7]), 5)
+    assert index[0, :3].tolist() == [3, 2, 0] and found[0].tolist() == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize("hashes,tau", [(1, 1), (6, 3), (12, 4), (62, 62)])
+def test_bucket_hash_reads_groups_of_tau_sign_bits(hashes, tau):
+    bucket_hash = BucketHash(dim=8, hashes=hashes, tau=tau, seed=5)
+    embeddings = torch.randn(4, 7, 8)
+    buckets = bucket_hash(embeddings)
+    assert buckets.shape == (4, 7, hashes // tau) and buckets.dtype == torch.int64
+    signs = (embeddings.double() @ bucket_hash.projection.double() > 0).numpy()
+    for b in range(4):
+        for j in range(7):
+            for g in range(hashes // tau):
+                expected = sum(int(signs[b, j, g * tau + t]) << t for t in range(tau))
+                assert int(buckets[b, j, g]) == expected
+    assert list(bucket_hash.parameters()) == [] and torch.equal(bucket_hash(embeddings), buckets)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_bucket_mean_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    batch, length, groups, dim = int(rng.integers(1, 5)), int(rng.integers(1, 30)), int(rng.integers(1, 5)), 4
+    mask = random_window(rng, batch, length)
+    key_buckets = rng.integers(0, 3, (batch, length, groups))
+    query_buckets = rng.integers(0, 3, (batch, groups))
+    values = rng.normal(size=(batch, length, dim))
+    key_buckets[~mask] = query_buckets[np.nonzero(~mask)[0]]  # padding in the target's bucket must not count
+    got = bucket_mean(torch.from_numpy(query_buckets), torch.from_numpy(key_buckets), torch.from_numpy(values),
+                      torch.from_numpy(mask))
+    for b in range(batch):
+        per_group = []
+        for g in range(groups):
+            total = np.zeros(dim)
+            for j in range(length):
+                if mask[b, j] and key_buckets[b, j, g] == query_buckets[b, g]:
+                    total += values[b, j]
+            norm = np.linalg.norm(total)
+            per_group.append(total / norm if norm > 0 else total)
+        np.testing.assert_allclose(got[b].numpy(), np.mean(per_group, axis=0), rtol=1e-6, atol=1e-9)
+    assert torch.all(got[0] == 0), "an all-padding row must give the zero vector"
