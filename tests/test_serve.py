@@ -480,3 +480,17 @@ def test_onnx_graph_equals_the_model_at_any_shape(runs, real, exported, requests
     window.target_category = feeds["candidate_categories"].reshape(-1)
     expected = model_probabilities(runs["eta"], window).reshape(requests, candidates)
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-5)
+
+
+def test_cached_serving_signatures_equal_the_training_time_signatures(runs, real):
+    """The Scorer hashes the whole item table once at load; ETA hashes a batch's items on every
+    training step. For the same checkpoint they must give the same packed codes."""
+    scorer = Scorer.load(runs["eta"], threads=1)
+    model, _, _ = load_checkpoint(runs["eta"])
+    model.train()  # the per-step path, not the eval cache
+    batch = builder(real).build(real.data.splits["test"], np.arange(256))
+    with torch.no_grad():
+        training_table = model.code_table(batch)
+    items = torch.unique(batch.history_items[batch.history_mask])
+    assert len(items) > 100
+    assert torch.equal(scorer.request_model.item_codes[items], training_table[items])
