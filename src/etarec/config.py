@@ -59,6 +59,7 @@ class ModelConfig(_Section):
     activation: Literal["relu", "prelu", "dice"] = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     hash_seed: int = 0  # seed of the fixed SimHash projection
+    embedding_init_std: float | None = Field(None, gt=0)  # N(0, std) tables; None: torch's N(0, 1)
     sparse_embeddings: bool = False  # sparse gradients + SparseAdam for embedding tables (large vocabularies)
     # SDIM (sdim model only): m fixed random hash functions, read as m / tau signatures of tau bits
     sdim_hashes: int = Field(48, ge=1)

@@ -52,6 +52,14 @@ class FeatureEmbeddings(nn.Module):
         self.profiles = nn.ModuleList(
             [nn.Embedding(size, d, sparse=sparse) for size in vocab.profile_sizes] if config.use_profile else []
         )
+        if config.embedding_init_std is not None:
+            # N(0, 1) rows move little under Adam's ~1e-3 steps in one epoch; small rows are shaped
+            # by the data sooner
+            for table in self.modules():
+                if isinstance(table, nn.Embedding):
+                    nn.init.normal_(table.weight, std=config.embedding_init_std)
+                    if table.padding_idx is not None:
+                        nn.init.zeros_(table.weight[table.padding_idx])
         self.item_dim = 2 * d
         self.behaviour_dim = self.item_dim + d * (self.action is not None) + d * (self.time_gap is not None)
         self.user_dim = d * (self.user is not None) + d * len(self.profiles)
