@@ -28,7 +28,8 @@ def run(config: str, processes: int, threads: int, steps: int, out: Path) -> dic
                "--set", f"train.threads={threads}"]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"processes": processes, "threads_per_process": threads, "command": " ".join(command[1:]),
+    recorded = " ".join(command[1:]).replace(str(out), "<run folder>")  # no path of this machine
+    return {"processes": processes, "threads_per_process": threads, "command": recorded,
             "train_samples_per_second": metrics["train_samples_per_second"],
             "train_seconds": metrics["train_seconds"], "test_auc": metrics["test"]["auc"]}
 

@@ -57,9 +57,9 @@ def main() -> None:
     if not PEER_PYTHON.is_file() or not (WORKLOAD / "meta.json").is_file():
         sys.exit(f"peer venv or workload missing; run: bash {PEER}/run.sh --setup-only")
     sys.path.insert(0, str(HERE))
-    from train_cost import prepare_workload
+    from train_cost import SCRATCH, prepare_workload
 
-    prepared = prepare_workload(WORKLOAD, Path("/tmp/etarec-bench"))
+    prepared = prepare_workload(WORKLOAD, SCRATCH)
     rows = []
     for rep in range(args.reps):
         for length in map(int, args.L.split(",")):

@@ -1,7 +1,7 @@
 """Out-of-core Taobao prepare at scale: generate a UserBehavior-format CSV of N rows, then time
 `etarec prepare --stream` on it and measure its peak RSS (/usr/bin/time -v).
 
-    python benchmarks/taobao_prepare.py --rows 10000000 --dir /tmp/etarec-taobao [--compare]
+    python benchmarks/taobao_prepare.py --rows 10000000 [--dir .bench/taobao] [--compare]
 
 The generated file has the real file's columns and value ranges (../shared/data/taobao-
 userbehavior-samples/SOURCE.md): user ids in 1..1,018,011 with each user's rows contiguous and
@@ -96,7 +96,8 @@ def same_output(streamed: Path, in_memory: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--dir", default="/tmp/etarec-taobao", help="where the generated CSV and outputs go")
+    parser.add_argument("--dir", default=str(Path(__file__).resolve().parents[1] / ".bench" / "taobao"),
+                        help="where the generated CSV and outputs go (gitignored by default)")
     parser.add_argument("--compare", action="store_true", help="also run the in-memory prepare and compare")
     args = parser.parse_args()
     folder = Path(args.dir)
@@ -117,7 +118,11 @@ def main() -> None:
         print(f"in memory: {result['in_memory']['wall_seconds']:.0f}s, peak RSS {result['in_memory']['peak_rss_mb']:,.0f} MB; "
               f"equal: {result['equal_to_in_memory']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"taobao_prepare_{args.rows}.json").write_text(json.dumps(result, indent=2))
+    # the record names no path of this machine: the interpreter and the work folder are placeholders
+    text = json.dumps(result, indent=2).replace(sys.executable, "python").replace(str(folder), "<dir>")
+    target = RESULTS / f"taobao_prepare_{args.rows}.json"
+    target.with_suffix(".tmp").write_text(text)
+    target.with_suffix(".tmp").replace(target)
     print("\n".join(result["stream"]["output"]))
 
 

@@ -8,7 +8,7 @@ process, so its peak RSS is its own. Configuration = the peer's: embedding 32 pe
 category), user id, 64 bits, k 64, short 50, attention 64 x 2 heads, DNN [200, 80].
 
     python benchmarks/train_cost.py --workload ~/.cache/etarec-peer-data/synth_i100000_s2024
-    python benchmarks/train_cost.py --workload /tmp/synth_long --L 256,1024,4096,16384 --models eta,din,full_attention
+    python benchmarks/train_cost.py --workload .bench/synth_long16k --L 256,1024,4096,16384 --models eta,din,full_attention
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).parent / "results" / "speed"
+SCRATCH = Path(__file__).resolve().parents[1] / ".bench"  # gitignored working data
 PEER_CONFIG = {"embedding_dim": 32, "short_len": 50, "hash_bits": 64, "top_k": 64, "heads": 2, "attention_dim": 64,
                "mlp": [200, 80], "use_user_id": True, "use_profile": False, "use_time": False, "use_action": False}
 
@@ -105,7 +106,7 @@ def main() -> None:
     parser.add_argument("--L", default="256,1024,4096,16384")
     parser.add_argument("--sparse", action="store_true", help="sparse embedding gradients + SparseAdam")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/etarec-bench"))
+    parser.add_argument("--cache", type=Path, default=SCRATCH, help="where prepared workloads are kept")
     parser.add_argument("--out", type=Path, default=OUT / "train_cost.json")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # model,L,prepared: run one point in this process
     args = parser.parse_args()
@@ -133,7 +134,9 @@ def main() -> None:
                   f"{point['peak_rss_mb']:,.0f} | {point['build_ms_per_batch']:.1f} |", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"workload": str(args.workload), "points": points}, indent=2))
+    workload = {"name": args.workload.name,
+                "sha256_all": json.loads((args.workload / "meta.json").read_text())["sha256"]["all"]}
+    tmp.write_text(json.dumps({"workload": workload, "points": points}, indent=2))
     tmp.replace(args.out)
     plot(points, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

@@ -1,6 +1,10 @@
+from pathlib import Path
+
+import pytest
 import torch
 
 from etarec.data.batch import Batch
+from etarec.data.files import shared_roots
 from etarec.nn.embeddings import Vocab
 
 VOCAB = Vocab(num_users=10, num_items=200, num_categories=12, num_actions=6, profile_sizes=(3, 4))
@@ -26,3 +30,13 @@ def synthetic_batch(batch=4, long_len=16, short_len=4, seed=0, valid_from=None) 
         labels=torch.randint(0, 2, (batch,), generator=g).float(),
         short_len=short_len,
     )
+
+
+def shared_dataset(name: str) -> Path:
+    """The shared copy of a raw dataset folder (see etarec.data.files.shared_roots), else skip."""
+    roots = shared_roots()
+    for root in roots:
+        if (root / name).is_dir():
+            return root / name
+    pytest.skip(f"{name} is not available (looked in {', '.join(str(r) for r in roots)}); "
+                "set ETAREC_DATA_ROOT to the folder that holds it")

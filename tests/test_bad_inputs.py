@@ -1,7 +1,6 @@
 """Every bad input a user can give ends in one clear line on stderr and a non-zero exit (no traceback)."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import shared_dataset
 from etarec.cli import main
 from etarec.config import DataConfig, EventsColumns, build_config, load_config
 from etarec.data.prepare import prepare
@@ -49,16 +49,6 @@ def copy_small(folder: Path, ratings: str | bytes | None = None) -> Path:
     elif ratings is not None:
         (folder / "ratings.csv").write_text(ratings)
     return folder
-
-
-def shared_dataset(name: str) -> Path:
-    """The shared copy of a dataset ($ETAREC_DATA_ROOT/<name> or /work/shared/data/<name>), else skip."""
-    roots = [Path(os.environ["ETAREC_DATA_ROOT"])] if os.environ.get("ETAREC_DATA_ROOT") else []
-    roots += [Path("/work/shared/data"), REPO.parent / "shared" / "data"]
-    for root in roots:
-        if (root / name).is_dir():
-            return root / name
-    pytest.skip(f"{name} is not available (looked in {', '.join(str(r) for r in roots)})")
 
 
 def linked_copy(source: Path, folder: Path, replace: str, append: str) -> Path:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import shared_dataset
 from etarec.cli import main
 from etarec.config import DataConfig, EventsColumns
 from etarec.data.batch import BatchBuilder
@@ -27,19 +27,6 @@ from etarec.errors import EtarecError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_SMALL = REPO / "data" / "ml-latest-small"
-
-
-def shared_dataset(name: str) -> Path:
-    """The shared copy of a dataset ($ETAREC_DATA_ROOT/<name> or /work/shared/data/<name>), else skip."""
-    roots = []
-    if os.environ.get("ETAREC_DATA_ROOT"):
-        roots.append(Path(os.environ["ETAREC_DATA_ROOT"]))
-    roots += [Path("/work/shared/data"), REPO.parent / "shared" / "data"]
-    for root in roots:
-        if (root / name).is_dir():
-            return root / name
-    pytest.skip(f"{name} is not available (looked in {', '.join(str(r) for r in roots)}); "
-                "set ETAREC_DATA_ROOT to the folder that holds it")
 
 
 def make_events(seed: int = 7) -> pd.DataFrame:

@@ -315,7 +315,8 @@ def summarise(results: list[tuple[Run, dict, float | None]]) -> list[dict]:
             "parameters": metrics["parameters"],
             "retrieval_recall": _stats(recalls) if recalls else None,
             "top_k": run.config.model.top_k, "long_len": run.config.model.long_len,
-            "runs": [str(r.folder) for r, _, _ in group],
+            # relative to the suite's --out folder, so a summary can be copied anywhere
+            "runs": [str(r.folder.relative_to(r.folder.parents[2])) for r, _, _ in group],
         })
     return rows
 

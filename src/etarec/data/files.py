@@ -22,7 +22,8 @@ SHARED_NAMES = {
 DATA_ROOT_ENV = "ETAREC_DATA_ROOT"
 
 
-def _shared_roots() -> list[Path]:
+def shared_roots() -> list[Path]:
+    """Where shared raw datasets are looked for: $ETAREC_DATA_ROOT, then ../shared/data."""
     roots = []
     if os.environ.get(DATA_ROOT_ENV):
         roots.append(Path(os.environ[DATA_ROOT_ENV]))
@@ -42,7 +43,7 @@ def resolve_raw_path(dataset: str, path: str | None) -> Path:
     if dataset in BUNDLED:
         candidates.append(BUNDLED[dataset])
     if dataset in SHARED_NAMES:
-        candidates += [root / SHARED_NAMES[dataset] for root in _shared_roots()]
+        candidates += [root / SHARED_NAMES[dataset] for root in shared_roots()]
     for candidate in candidates:
         if candidate.exists():
             return candidate

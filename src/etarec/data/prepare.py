@@ -147,6 +147,11 @@ def write_dataset(out: Path, users: pa.Table, items: pa.Table, samples: dict[str
     for split in SPLITS:
         pq.write_table(pa.Table.from_pandas(samples[split], preserve_index=False), tmp / "samples" / f"{split}.parquet")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    swap_in(tmp, out)
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace folder `out` by the complete folder `tmp`; the old one is removed only afterwards."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         out.rename(old)

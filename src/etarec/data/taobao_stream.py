@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from etarec.config import DataConfig
 from etarec.data.files import resolve_raw_path
-from etarec.data.prepare import data_fingerprint, default_prepared_dir, summary_line
+from etarec.data.prepare import build_meta, default_prepared_dir, summary_line, swap_in
 from etarec.data.protocol import last_behaviour_protocol
-from etarec.data.schema import FIRST_ITEM_ID, FORMAT_VERSION, SPLITS
+from etarec.data.schema import FIRST_ITEM_ID, SPLITS
 from etarec.data.taobao import BEHAVIOURS, COLUMNS, WINDOW, taobao_files
 from etarec.errors import EtarecError
 
@@ -350,42 +350,13 @@ def prepare_taobao_stream(data: DataConfig, out: Path | None = None, log=print, 
         pq.write_table(_items_table(codes), tmp / "items.parquet")
         for split in SPLITS:
             pq.write_table(pa.Table.from_pandas(samples[split], preserve_index=False), tmp / "samples" / f"{split}.parquet")
-        meta = _meta(data, codes, lengths, samples, counts)
+        meta = build_meta(data, "taobao", "last_behaviour", lengths, len(codes.item_category),
+                          len(codes.category_values), codes.action_values, {}, samples)
+        meta["rows"] = {"read": counts.read, "kept": counts.kept, "dropped": counts.dropped}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(summary_line(meta, out))
     log(counts.line())
     return out
-
-
-def _meta(data: DataConfig, codes: _Codes, lengths: np.ndarray, samples: dict, counts: RowCounts) -> dict:
-    """meta.json as prepare.py writes it, plus the row counts."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "dataset": "taobao",
-        "protocol": "last_behaviour",
-        "fingerprint": data_fingerprint(data),
-        "num_users": len(codes.users) + 1,
-        "num_items": len(codes.item_category),
-        "num_categories": len(codes.category_values),
-        "num_actions": len(codes.action_values) + 1,
-        "action_values": codes.action_values,
-        "profile_vocab": {},
-        "num_events": counts.kept,
-        "max_sequence_length": int(lengths.max()),
-        "splits": {
-            split: {"samples": int(len(frame)), "positive_rate": float(frame["label"].mean()) if len(frame) else 0.0}
-            for split, frame in samples.items()
-        },
-        "rows": {"read": counts.read, "kept": counts.kept, "dropped": counts.dropped},
-    }
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
