@@ -125,3 +125,40 @@ def test_sdim_gathers_the_targets_bucket_from_a_fixed_hash():
 def test_sdim_hashes_must_split_into_signatures():
     with pytest.raises(EtarecError, match="sdim_hashes=10 is not divisible by sdim_tau=3"):
         build_config({"model": {"name": "sdim", "sdim_hashes": 10, "sdim_tau": 3}})
+
+
+def test_twin_retrieves_the_top_k_of_its_own_attention_logits():
+    model = make("twin", top_k=5)
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    index, found = model.retrieve(batch, model.features.target(batch))
+    attention = model.long_attention
+    with torch.no_grad():  # float64 brute force: every behaviour embedded and projected on its own
+        behaviours, _ = model.features.history(batch)  # [B, L, Db]
+        item_part, cross = behaviours.double().split([model.features.item_dim, behaviours.shape[-1] - model.features.item_dim], -1)
+        query = model.features.target(batch).double() @ attention.query.weight.double().T  # [B, A]
+        keys = item_part @ attention.key.weight.double().T  # [B, L, A]
+        heads = attention.heads
+        per_head = (query.view(5, 1, heads, -1) * keys.view(5, 16, heads, -1)).sum(-1) / (keys.shape[-1] // heads) ** 0.5
+        scores = (per_head + cross @ attention.cross.weight.double().T).mean(-1)  # [B, L]
+    for row in range(5):
+        real = [j for j in reversed(range(16)) if batch.history_mask[row, j]]
+        expected = sorted(real, key=lambda j: -float(scores[row, j]))[:5]
+        assert index[row][found[row]].tolist() == expected
+
+
+def test_twin_attends_over_the_retrieved_with_the_logits_it_retrieved_by():
+    model = make("twin", top_k=5)
+    batch = synthetic_batch(batch=5, valid_from=SHAPES)
+    target = model.features.target(batch)
+    attention = model.long_attention
+    with torch.no_grad():
+        index, found = model.retrieve(batch, target)
+        keys = model.history_keys(batch)  # [B, L, A], one projection per distinct item
+        cross = model.features.cross(batch.history_actions, batch.history_time_gaps, batch.history_mask)
+        retrieval_logits = attention.logits(target, keys, cross).squeeze(2)  # [B, H, L]
+        retrieved, _ = model.features.history(batch, index)  # [B, K, Db] as the attention stage embeds them
+        item_part, retrieved_cross = retrieved.split([model.features.item_dim, retrieved.shape[-1] - model.features.item_dim], -1)
+        attention_logits = attention.logits(target, attention.key(item_part), retrieved_cross).squeeze(2)  # [B, H, K]
+    expected = torch.gather(retrieval_logits, 2, index[:, None, :].expand(-1, attention.heads, -1))
+    torch.testing.assert_close(attention_logits[found[:, None, :].expand_as(expected)],
+                               expected[found[:, None, :].expand_as(expected)])

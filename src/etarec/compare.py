@@ -49,7 +49,7 @@ from etarec.train.trainer import train
 
 # the ETA paper's Table 4 order (with its ablations after ETA); other entries follow in suite order
 PAPER_ORDER = ["avg_pool", "din", "din_long", "sim_hard", "sim_hard+time", "eta", "eta+time", "eta_inner_product",
-               "full_attention", "sdim"]
+               "twin", "full_attention", "sdim"]
 # the paper's claim, checked on mean test AUC: each strictly below the next, ETA <= full attention
 PAPER_CLAIM = ["avg_pool", "din", "sim_hard", "eta", "full_attention"]
 RECALL_SAMPLES = 20_000  # test samples on which retrieval recall is measured

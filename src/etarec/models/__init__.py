@@ -15,11 +15,12 @@ from etarec.models.eta_inner_product import EtaInnerProduct
 from etarec.models.full_attention import FullAttention
 from etarec.models.sdim import SDIM
 from etarec.models.sim_hard import SimHard
+from etarec.models.twin import TWIN
 from etarec.nn.embeddings import Vocab
 
 MODELS: dict[str, type[nn.Module]] = {
     "eta": ETA, "din": DIN, "full_attention": FullAttention, "avg_pool": AvgPool, "din_long": DINLong,
-    "sim_hard": SimHard, "eta_inner_product": EtaInnerProduct, "sdim": SDIM,
+    "sim_hard": SimHard, "eta_inner_product": EtaInnerProduct, "sdim": SDIM, "twin": TWIN,
 }
 
 

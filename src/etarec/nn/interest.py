@@ -64,7 +64,11 @@ class RetrievalInterestModel(LongShortInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab)
         self.top_k = config.top_k
-        self.long_attention = target_attention(config, self.features.item_dim, self.features.behaviour_dim)
+        self.long_attention = self.retrieved_attention(config)
+
+    def retrieved_attention(self, config: ModelConfig) -> nn.Module:
+        """The attention over the retrieved behaviours: query [B, item_dim], keys [B, K, behaviour_dim]"""
+        return target_attention(config, self.features.item_dim, self.features.behaviour_dim)
 
     def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [B, K], found [B, K]): positions in the long window, best first; found=False for padding"""

@@ -36,8 +36,12 @@ def inner_product_top_k(query: torch.Tensor, keys: torch.Tensor, key_mask: torch
                         k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k by inner product (the ETA paper's ablation v3, and the reference its SimHash
     retrieval is measured against). query [B, D], keys [B, L, D], key_mask [B, L]."""
-    length = keys.shape[1]
-    scores = (keys @ query[:, :, None]).squeeze(-1)  # [B, L]
+    return score_top_k((keys @ query[:, :, None]).squeeze(-1), key_mask, k)
+
+
+def score_top_k(scores: torch.Tensor, key_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k real positions with the largest scores [B, L], equal scores newest first."""
+    length = scores.shape[1]
     scores = scores.masked_fill(~key_mask, float("-inf"))  # real scores are finite: padding sorts last
     # a stable sort of the newest-first order keeps equal scores newest first (topk's tie order is unspecified)
     newest_first = torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices[:, : min(k, length)]
