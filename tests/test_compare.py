@@ -114,6 +114,23 @@ def test_sweep_writes_its_table_and_reuses_the_main_tables_runs(suite, tmp_path,
     assert "| eta | 4 |" in (out / "sweep_eta_hash_bits.md").read_text()
 
 
+@pytest.mark.slow
+def test_summary_only_reports_the_finished_runs_and_names_the_rest(suite, tmp_path, trained, capsys):
+    out = tmp_path / "results"
+    args = ["compare", "--suite", str(suite), "--out", str(out), "--no-progress", "--seeds", "2", "--summary-only"]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no run of the main table has finished" in error and "without --summary-only" in error
+    run_suite(suite, out, seeds=1, **QUIET)
+    trained.clear()
+    run_suite(suite, out, seeds=2, summary_only=True, **QUIET)
+    assert trained == [], "--summary-only trained a run"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(row["name"], row["seeds"]) for row in summary["models"]] == [("din", [2024]), ("eta", [2024])]
+    assert summary["missing"] == ["eta seed 2025", "din seed 2025"]
+    assert "- Not finished yet, left out: eta seed 2025, din seed 2025." in (out / "summary.md").read_text()
+
+
 def test_inner_product_retrieval_has_recall_one_and_simhash_at_most_one(prepared_dir):
     config = build_config({**BASE, "data": {"prepared_dir": str(prepared_dir)}})
     data = ensure_prepared(config.data, log=lambda *_: None)

@@ -82,7 +82,7 @@ def _compare(args) -> None:
     from etarec.compare import run_suite
 
     for path in run_suite(args.suite, args.out, seeds=args.seeds, sweeps=args.sweep, overrides=args.set,
-                          progress=not args.no_progress):
+                          progress=not args.no_progress, summary_only=args.summary_only):
         print(f"wrote {path}")
 
 
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead of the main table, sweep a model key, e.g. eta.hash_bits=4,8,16 or long_len=64,256")
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value for every entry, e.g. train.max_steps_per_epoch=20")
+    compare.add_argument("--summary-only", action="store_true",
+                         help="train nothing: write the tables from the runs finished so far, naming the others")
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(run=_compare)
     return parser

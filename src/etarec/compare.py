@@ -266,23 +266,31 @@ def _recall(run: Run, data, metrics: dict) -> float | None:
     return recall
 
 
-def execute(runs: list[Run], data, progress: bool, log) -> list[tuple[Run, dict, float | None]]:
-    """Train every run that is not finished (tqdm over runs); return each with its metrics and recall."""
-    results = []
+def _where(run: Run) -> str:
+    return f"{run.label}{'' if run.value is None else f' ({run.value})'} seed {run.seed}"
+
+
+def execute(runs: list[Run], data, progress: bool, log,
+            train_missing: bool = True) -> tuple[list[tuple[Run, dict, float | None]], list[Run]]:
+    """Train every run that is not finished (tqdm over runs), or with train_missing=False leave it
+    out; return the finished runs, each with its metrics and recall, and the runs left out."""
+    results, missing = [], []
     bar = tqdm(total=len(runs), desc="compare", unit="run", disable=not progress)
     say = tqdm.write if progress else log
     for run in runs:
-        where = f"{run.label}{'' if run.value is None else f' ({run.value})'} seed {run.seed}"
-        bar.set_postfix_str(where)
+        bar.set_postfix_str(_where(run))
         metrics = finished_metrics(run)
-        if metrics is None:
+        if metrics is None and not train_missing:
+            missing.append(run)
+        elif metrics is None:
             metrics = train(run.config, run.folder, progress=False, log=say, data=data)
         else:
-            say(f"{where}: finished earlier, kept ({run.folder})")
-        results.append((run, metrics, _recall(run, data, metrics)))
+            say(f"{_where(run)}: finished earlier, kept ({run.folder})")
+        if metrics is not None:
+            results.append((run, metrics, _recall(run, data, metrics)))
         bar.update()
     bar.close()
-    return results
+    return results, missing
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -435,8 +443,11 @@ def _write(path: Path, text: str) -> Path:
 
 
 def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: list[str] = (),
-              overrides: list[str] = (), progress: bool = True, log=print) -> list[Path]:
-    """Run the suite's main table, or each of `sweeps` instead; returns the files written."""
+              overrides: list[str] = (), progress: bool = True, log=print, summary_only: bool = False) -> list[Path]:
+    """Run the suite's main table, or each of `sweeps` instead; returns the files written.
+
+    summary_only: train nothing; the tables cover the runs finished so far and name the others
+    (a suite too long for one sitting can be reported on while it advances)."""
     if seeds < 1:
         raise EtarecError(f"--seeds {seeds}: need at least one seed")
     suite = load_suite(suite_path, overrides)
@@ -449,11 +460,17 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
     heading = f"{suite.path.stem} on {data.meta['dataset']}, {seeds} seed(s) per model"
     written = []
     for sweep, runs in plans:
-        rows = summarise(execute(runs, data, progress, log))
+        results, missing = execute(runs, data, progress, log, train_missing=not summary_only)
+        if not results:
+            raise EtarecError(f"no run of {sweep.name if sweep else 'the main table'} has finished in {out} yet; "
+                              "run the same command without --summary-only to train them")
+        rows = summarise(results)
+        pending = [f"- Not finished yet, left out: {', '.join(_where(run) for run in missing)}."] if missing else []
         if sweep is None:
             rows = paper_order(rows)
-            document = {"suite": str(suite.path), "dataset": data.meta["dataset"], "seeds": seeds, "models": rows}
-            lines = [f"# {heading}", "", *_table(rows, ["model"]), "", *verdicts(rows)]
+            document = {"suite": str(suite.path), "dataset": data.meta["dataset"], "seeds": seeds, "models": rows,
+                        "missing": [_where(run) for run in missing]}
+            lines = [f"# {heading}", "", *_table(rows, ["model"]), "", *verdicts(rows), *pending]
             written += [_write(out / "summary.json", json.dumps(document, indent=2)),
                         _write(out / "summary.md", "\n".join(lines) + "\n")]
             plot_auc_vs_cost(rows, out / "auc_vs_cost.png", heading)
@@ -461,8 +478,10 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
         else:
             stem = f"sweep_{sweep.name.replace('.', '_')}"  # eta.hash_bits -> sweep_eta_hash_bits.*
             document = {"suite": str(suite.path), "dataset": data.meta["dataset"], "seeds": seeds,
-                        "sweep": sweep.name, "key": sweep.key, "values": sweep.values, "rows": rows}
-            lines = [f"# {heading}: sweep of {sweep.name}", "", *_table(rows, ["model", sweep.key])]
+                        "sweep": sweep.name, "key": sweep.key, "values": sweep.values, "rows": rows,
+                        "missing": [_where(run) for run in missing]}
+            lines = [f"# {heading}: sweep of {sweep.name}", "", *_table(rows, ["model", sweep.key]),
+                     *([""] + pending if pending else [])]
             written += [_write(out / f"{stem}.json", json.dumps(document, indent=2)),
                         _write(out / f"{stem}.md", "\n".join(lines) + "\n")]
             plot_sweep(rows, sweep, out / f"{stem}.png", f"{heading}: {sweep.name}")
