@@ -395,15 +395,18 @@ def _pyplot():
 
 def plot_auc_vs_cost(rows: list[dict], path: Path, title: str) -> None:
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(7, 5))
-    for row in rows:
+    figure, axes = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab20").colors
+    for i, row in enumerate(rows):
+        # a legend rather than labels at the points: models of one family land within 0.001 AUC
         x, y = row["train_seconds_per_epoch"], row["test_auc"]
-        axes.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3)
-        axes.annotate(row["name"], (x["mean"], y["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axes.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="osD^v<>"[i % 7], capsize=3,
+                      color=colours[i % len(colours)], label=row["name"])
     axes.set_xlabel("training seconds per epoch")
     axes.set_ylabel("test AUC (mean ± std over seeds)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
