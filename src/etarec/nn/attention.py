@@ -48,7 +48,6 @@ class TwinAttention(nn.Module):
     def __init__(self, query_dim: int, item_dim: int, behaviour_dim: int, attention_dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.item_dim = item_dim
         self.query = nn.Linear(query_dim, attention_dim, bias=False)
         self.key = nn.Linear(item_dim, attention_dim, bias=False)
         self.value = nn.Linear(behaviour_dim, attention_dim, bias=False)
@@ -65,7 +64,8 @@ class TwinAttention(nn.Module):
         return scores + self.cross(cross).transpose(1, 2)[:, :, None, :]  # [B, K, H] -> [B, H, 1, K]
 
     def forward(self, query: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        items, cross = behaviours.split([self.item_dim, behaviours.shape[-1] - self.item_dim], dim=-1)
+        item_dim = self.key.in_features
+        items, cross = behaviours.split([item_dim, behaviours.shape[-1] - item_dim], dim=-1)
         scores = self.logits(query, self.key(items), cross)  # [B, H, 1, K]
         return self.output(pool_heads(scores, self.value(behaviours), mask))
 
