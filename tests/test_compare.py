@@ -8,6 +8,7 @@ import torch
 import yaml
 
 import etarec.compare
+import etarec.train.trainer
 from etarec.cli import main
 from etarec.compare import retrieval_recall, run_suite
 from etarec.config import build_config
@@ -93,8 +94,47 @@ def test_summary_equals_the_runs_metrics_and_a_rerun_redoes_nothing(suite, tmp_p
     metrics = json.loads(stale.read_text())
     metrics["config"]["train"]["lr"] = 0.5
     stale.write_text(json.dumps(metrics))
+    (stale.parent / "state.pt").unlink()
     run_suite(suite, out, seeds=2, **QUIET)
     assert trained[4:] == [stale.parent]
+
+
+@pytest.mark.slow
+def test_a_run_killed_part_way_goes_on_from_its_saved_state(suite, tmp_path, trained, monkeypatch):
+    """The first run dies between two saved states; the next `compare` continues it from the
+    first state (not from the start) and ends with the uninterrupted run's metrics."""
+    raw = yaml.safe_load(suite.read_text())
+    raw["set"]["train.state_every_steps"] = 2
+    suite.write_text(yaml.safe_dump(raw))
+    reference, out = tmp_path / "reference", tmp_path / "results"
+    run_suite(suite, reference, seeds=1, **QUIET)
+
+    real_step, steps = etarec.train.trainer._step, []
+
+    def dying_step(*args):
+        steps.append(1)
+        if len(steps) == 3:  # after the state of step 2 was saved, before the one of step 4
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(etarec.train.trainer, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out, seeds=1, **QUIET)
+    killed = trained[-1]
+    assert not (killed / "metrics.json").exists() and (killed / "state.pt").is_file()
+    monkeypatch.setattr(etarec.train.trainer, "_step", real_step)
+    trained.clear()
+    lines = []
+    run_suite(suite, out, seeds=1, progress=False, log=lines.append)
+    assert killed not in trained, "the killed run was trained again from the start"
+    assert any("continuing from its saved state" in line for line in lines)
+
+    expected = json.loads((reference / killed.relative_to(out) / "metrics.json").read_text())
+    got = json.loads((killed / "metrics.json").read_text())
+    assert [e["train_loss"] for e in got["history"]] == [e["train_loss"] for e in expected["history"]]
+    for split in ("valid", "test"):
+        for metric in ("auc", "gauc", "logloss"):
+            assert got[split][metric] == expected[split][metric], (split, metric)
 
 
 @pytest.mark.slow

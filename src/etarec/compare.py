@@ -18,9 +18,10 @@ spread over seeds covers the weights, the data order and the hash projection. Th
     summary.json, summary.md, auc_vs_cost.png   the main table
     sweep_<entry>_<key>.json / .md / .png       one set per --sweep (sweep_long_len.*: no entry named)
 
-A run whose metrics.json exists and holds the run's config is finished and never redone, so an
-interrupted suite resumes where it stopped, and a sweep value equal to the main table's setting
-reuses the main table's runs (same config, same folder).
+A run whose metrics.json exists and holds the run's config is finished and never redone; a run
+killed part-way goes on from its state.pt (the trainer's exact resume), so an interrupted suite
+loses at most the steps since the last saved state. A sweep value equal to the main table's
+setting reuses the main table's runs (same config, same folder).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ from etarec.errors import EtarecError
 from etarec.models import model_class
 from etarec.retrieval.selectors import inner_product_top_k
 from etarec.train.checkpoint import load_checkpoint
-from etarec.train.trainer import train
+from etarec.train.state import STATE_FILE, load_state
+from etarec.train.trainer import resume, train
 
 # the ETA paper's Table 4 order (with its ablations after ETA); other entries follow in suite order
 PAPER_ORDER = ["avg_pool", "din", "din_long", "sim_hard", "sim_hard+time", "eta", "eta+time", "eta_inner_product",
@@ -223,6 +225,18 @@ def finished_metrics(run: Run) -> dict | None:
     return metrics if metrics.get("config") == run.config.model_dump(mode="json") else None
 
 
+def _continuable(run: Run, say) -> bool:
+    """Whether the run's folder holds a usable state.pt of exactly this config (a run killed part-way)."""
+    if not (run.folder / STATE_FILE).is_file():
+        return False
+    try:
+        saved = load_state(run.folder)
+    except EtarecError as error:
+        say(f"{_where(run)}: training from the start, the saved state is unusable: {error}")
+        return False
+    return build_config(saved["config"]) == run.config
+
+
 @torch.no_grad()
 def retrieval_recall(model: torch.nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
                      max_samples: int = RECALL_SAMPLES) -> float | None:
@@ -282,6 +296,9 @@ def execute(runs: list[Run], data, progress: bool, log,
         metrics = finished_metrics(run)
         if metrics is None and not train_missing:
             missing.append(run)
+        elif metrics is None and _continuable(run, say):
+            say(f"{_where(run)}: continuing from its saved state ({run.folder / STATE_FILE})")
+            metrics = resume(run.folder, progress=False, log=say, data=data)
         elif metrics is None:
             metrics = train(run.config, run.folder, progress=False, log=say, data=data)
         else:
