@@ -10,7 +10,7 @@ import yaml
 import etarec.compare
 import etarec.train.trainer
 from etarec.cli import main
-from etarec.compare import retrieval_recall, run_suite
+from etarec.compare import Sweep, eta_vs_full, ordering_verdict, retrieval_recall, run_suite, sweep_verdicts
 from etarec.config import build_config
 from etarec.data.batch import BatchBuilder
 from etarec.data.prepare import ensure_prepared
@@ -82,6 +82,7 @@ def test_summary_equals_the_runs_metrics_and_a_rerun_redoes_nothing(suite, tmp_p
         assert recall is None or 0.0 <= recall["mean"] <= 1.0
     table = (out / "summary.md").read_text()
     assert table.index("| din |") < table.index("| eta |") and "±" in table
+    assert "- Paper ordering (din < eta, mean test AUC): " in table
     assert (out / "auc_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     before = (out / "summary.json").read_text()
@@ -169,6 +170,38 @@ def test_summary_only_reports_the_finished_runs_and_names_the_rest(suite, tmp_pa
     assert [(row["name"], row["seeds"]) for row in summary["models"]] == [("din", [2024]), ("eta", [2024])]
     assert summary["missing"] == ["eta seed 2025", "din seed 2025"]
     assert "- Not finished yet, left out: eta seed 2025, din seed 2025." in (out / "summary.md").read_text()
+
+
+def _row(name: str, auc: float, seconds: float = 1.0, infer: float = 1.0, value=None) -> dict:
+    model = name.split("+")[0].removesuffix("_peer")  # eta+time and eta_peer are eta
+    return {"name": name, "model": model, "value": value, "test_auc": {"mean": auc, "std": 0.0},
+            "train_seconds_per_epoch": {"mean": seconds, "std": 0.0}, "infer_samples_per_second": {"mean": infer, "std": 0.0}}
+
+
+def test_ordering_verdict_names_each_pair_that_breaks_the_papers_order():
+    rows = [_row("avg_pool", 0.80), _row("din", 0.81), _row("din_long", 0.70), _row("sim_hard", 0.815),
+            _row("eta", 0.816), _row("full_attention", 0.816)]
+    assert ordering_verdict(rows) == ["- Paper ordering (avg_pool < din < sim_hard < eta <= full_attention, "
+                                      "mean test AUC): holds."]  # din_long is not part of the claim; eta may equal full
+    rows[3], rows[5] = _row("sim_hard", 0.817), _row("full_attention", 0.8159)
+    assert ordering_verdict(rows)[0].endswith("does NOT hold: sim_hard 0.8170 vs eta 0.8160; "
+                                              "eta 0.8160 vs full_attention 0.8159.")
+    assert ordering_verdict([_row("eta", 0.8)]) == []
+
+
+def test_eta_is_set_against_the_full_attention_of_its_own_variant():
+    rows = [_row("eta", 0.8160, 80.0, 3000.0), _row("eta_peer", 0.79, 60.0, 900.0),
+            _row("eta_inner_product", 0.9), _row("full_attention", 0.8159, 260.0, 1000.0),
+            _row("full_attention_peer", 0.7905, 200.0, 300.0)]
+    assert eta_vs_full(rows) == [
+        "- eta vs full_attention: test AUC +0.0001; training time per epoch x0.31; inference throughput x3.00.",
+        "- eta_peer vs full_attention_peer: test AUC -0.0005; training time per epoch x0.30; inference throughput x3.00."]
+    sweep = Sweep("long_len", "long_len", [64, 1024], ["eta", "full_attention"])
+    rows = [_row("eta", 0.81, 10.0, 100.0, 64), _row("full_attention", 0.81, 10.0, 100.0, 64),
+            _row("eta", 0.82, 20.0, 100.0, 1024), _row("full_attention", 0.83, 80.0, 25.0, 1024)]
+    assert sweep_verdicts(rows, sweep) == [
+        "- long_len=64: eta vs full_attention: test AUC +0.0000; training time per epoch x1.00; inference throughput x1.00.",
+        "- long_len=1024: eta vs full_attention: test AUC -0.0100; training time per epoch x0.25; inference throughput x4.00."]
 
 
 def test_inner_product_retrieval_has_recall_one_and_simhash_at_most_one(prepared_dir):

@@ -45,9 +45,9 @@ from etarec.data.prepared import Samples
 from etarec.errors import EtarecError
 from etarec.models import model_class
 from etarec.retrieval.selectors import inner_product_top_k
-from etarec.train.checkpoint import load_checkpoint
+from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from etarec.train.state import STATE_FILE, load_state
-from etarec.train.trainer import resume, train
+from etarec.train.trainer import resume, train, write_text_atomically
 
 # the ETA paper's Table 4 order (with its ablations after ETA); other entries follow in suite order
 PAPER_ORDER = ["avg_pool", "din", "din_long", "sim_hard", "sim_hard+time", "eta", "eta+time", "eta_inner_product",
@@ -374,19 +374,25 @@ def _table(rows: list[dict], first: list[str]) -> list[str]:
     return lines
 
 
-def verdicts(rows: list[dict]) -> list[str]:
-    """Plain statements on the paper's ordering and on ETA against full attention (mean test AUC)."""
+def ordering_verdict(rows: list[dict]) -> list[str]:
+    """Whether the paper's ordering holds on mean test AUC, naming each pair that breaks it."""
     by_name = {row["name"]: row for row in rows}
     chain = [name for name in PAPER_CLAIM if name in by_name]
+    if len(chain) < 2:
+        return []
+    auc = {name: by_name[name]["test_auc"]["mean"] for name in chain}
+    broken = [f"{a} {auc[a]:.4f} vs {b} {auc[b]:.4f}" for a, b in zip(chain, chain[1:])
+              if not (auc[a] <= auc[b] if (a, b) == ("eta", "full_attention") else auc[a] < auc[b])]
+    claim = " < ".join(chain).replace("eta < full_attention", "eta <= full_attention")
+    return [f"- Paper ordering ({claim}, mean test AUC): "
+            + ("holds." if not broken else "does NOT hold: " + "; ".join(broken) + ".")]
+
+
+def eta_vs_full(rows: list[dict], prefix: str = "") -> list[str]:
+    """Every ETA entry against the full-attention entry of the same variant (eta_peer:
+    full_attention_peer): the gap in mean test AUC and the ratios of the costs."""
+    by_name = {row["name"]: row for row in rows}
     lines = []
-    if len(chain) >= 2:
-        auc = {name: by_name[name]["test_auc"]["mean"] for name in chain}
-        broken = [f"{a} {auc[a]:.4f} vs {b} {auc[b]:.4f}" for a, b in zip(chain, chain[1:])
-                  if not (auc[a] <= auc[b] if (a, b) == ("eta", "full_attention") else auc[a] < auc[b])]
-        claim = " < ".join(chain).replace("eta < full_attention", "eta <= full_attention")
-        lines.append(f"- Paper ordering ({claim}, mean test AUC): "
-                     + ("holds." if not broken else "does NOT hold: " + "; ".join(broken) + "."))
-    # every ETA entry against the full-attention entry of the same variant (eta_peer: full_attention_peer)
     for name, eta in by_name.items():
         full = by_name.get("full_attention" + name.removeprefix("eta"))
         if eta["model"] != "eta" or not name.startswith("eta") or full is None:
@@ -394,9 +400,16 @@ def verdicts(rows: list[dict]) -> list[str]:
         gap = eta["test_auc"]["mean"] - full["test_auc"]["mean"]
         cost = eta["train_seconds_per_epoch"]["mean"] / full["train_seconds_per_epoch"]["mean"]
         speed = eta["infer_samples_per_second"]["mean"] / full["infer_samples_per_second"]["mean"]
-        lines.append(f"- {name} vs {full['name']}: test AUC {gap:+.4f}; training time per epoch x{cost:.2f}; "
+        lines.append(f"- {prefix}{name} vs {full['name']}: test AUC {gap:+.4f}; training time per epoch x{cost:.2f}; "
                      f"inference throughput x{speed:.2f}.")
     return lines
+
+
+def sweep_verdicts(rows: list[dict], sweep: Sweep) -> list[str]:
+    """ETA against full attention at each value of the sweep (the paper's Table 7 question: does
+    ETA stay close in AUC while full attention's cost grows?)."""
+    return [line for value in sweep.values
+            for line in eta_vs_full([row for row in rows if row["value"] == value], f"{sweep.key}={value}: ")]
 
 
 def _pyplot():
@@ -425,7 +438,7 @@ def plot_auc_vs_cost(rows: list[dict], path: Path, title: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write_bytes(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
 
 
@@ -453,12 +466,12 @@ def plot_sweep(rows: list[dict], sweep: Sweep, path: Path, title: str) -> None:
         axis.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write_bytes(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
     plt.close(figure)
 
 
 def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
+    write_text_atomically(path, text)  # a killed suite leaves the previous table whole
     return path
 
 
@@ -490,7 +503,7 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
             rows = paper_order(rows)
             document = {"suite": str(suite.path), "dataset": data.meta["dataset"], "seeds": seeds, "models": rows,
                         "missing": [_where(run) for run in missing]}
-            lines = [f"# {heading}", "", *_table(rows, ["model"]), "", *verdicts(rows), *pending]
+            lines = [f"# {heading}", "", *_table(rows, ["model"]), "", *ordering_verdict(rows), *eta_vs_full(rows), *pending]
             written += [_write(out / "summary.json", json.dumps(document, indent=2)),
                         _write(out / "summary.md", "\n".join(lines) + "\n")]
             plot_auc_vs_cost(rows, out / "auc_vs_cost.png", heading)
@@ -500,8 +513,9 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
             document = {"suite": str(suite.path), "dataset": data.meta["dataset"], "seeds": seeds,
                         "sweep": sweep.name, "key": sweep.key, "values": sweep.values, "rows": rows,
                         "missing": [_where(run) for run in missing]}
+            notes = sweep_verdicts(rows, sweep) + pending
             lines = [f"# {heading}: sweep of {sweep.name}", "", *_table(rows, ["model", sweep.key]),
-                     *([""] + pending if pending else [])]
+                     *([""] + notes if notes else [])]
             written += [_write(out / f"{stem}.json", json.dumps(document, indent=2)),
                         _write(out / f"{stem}.md", "\n".join(lines) + "\n")]
             plot_sweep(rows, sweep, out / f"{stem}.png", f"{heading}: {sweep.name}")
