@@ -7,7 +7,6 @@ from conftest import VOCAB, synthetic_batch
 from etarec.config import build_config
 from etarec.errors import EtarecError
 from etarec.models import MODELS, build_model
-from etarec.nn.pooling import masked_mean
 from etarec.retrieval.selectors import inner_product_top_k
 
 SHAPES = [16, 15, 12, 0, 3]  # first real column per row: empty, one, four, full, most
@@ -103,11 +102,18 @@ def test_avg_pool_is_a_dnn_over_the_mean_and_din_long_adds_short_attention():
     avg_pool, din_long = make("avg_pool"), make("din_long")
     assert avg_pool.short_attention is None and din_long.short_attention is not None
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    history, mask = avg_pool.features.history(batch)
-    expected = [history[row][mask[row]].mean(0) if mask[row].any() else torch.zeros(history.shape[-1])
-                for row in range(5)]
-    torch.testing.assert_close(avg_pool.long_interest(batch, None), torch.stack(expected))
-    torch.testing.assert_close(masked_mean(history, mask), torch.stack(expected))
+    history, mask = avg_pool.features.history(batch)  # the behaviours one by one, as attention sees them
+    expected = torch.stack([history[row][mask[row]].mean(0) if mask[row].any() else torch.zeros(history.shape[-1])
+                            for row in range(5)])
+    pooled = avg_pool.long_interest(batch, None)  # summed table by table (embedding_bag)
+    torch.testing.assert_close(pooled, expected)
+    # the same gradient into every table (item, category, action, time gap) as the row-by-row mean
+    tables = [avg_pool.features.item, avg_pool.features.category, avg_pool.features.action, avg_pool.features.time_gap]
+    upstream = torch.randn_like(expected)
+    by_bag = torch.autograd.grad((pooled * upstream).sum(), [t.weight for t in tables])
+    by_row = torch.autograd.grad((expected * upstream).sum(), [t.weight for t in tables])
+    for table, bag, row in zip(tables, by_bag, by_row):
+        torch.testing.assert_close(bag, row, msg=f"{table}")
 
 
 def test_sdim_gathers_the_targets_bucket_from_a_fixed_hash():

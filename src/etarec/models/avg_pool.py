@@ -7,7 +7,6 @@ import torch
 from etarec.config import ModelConfig
 from etarec.data.batch import Batch
 from etarec.nn.interest import LongShortInterestModel
-from etarec.nn.pooling import masked_mean
 
 
 class AvgPool(LongShortInterestModel):
@@ -17,5 +16,4 @@ class AvgPool(LongShortInterestModel):
         return self.features.behaviour_dim
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        history, mask = self.features.history(batch)  # [B, L, Db], [B, L]
-        return masked_mean(history, mask)  # [B, Db]
+        return self.features.history_mean(batch)  # [B, Db]

