@@ -172,10 +172,19 @@ def test_summary_only_reports_the_finished_runs_and_names_the_rest(suite, tmp_pa
     assert "- Not finished yet, left out: eta seed 2025, din seed 2025." in (out / "summary.md").read_text()
 
 
-def _row(name: str, auc: float, seconds: float = 1.0, infer: float = 1.0, value=None) -> dict:
+def _row(name: str, auc: float, seconds: float = 1.0, infer: float = 1.0, value=None, seed: int = 2024) -> dict:
     model = name.split("+")[0].removesuffix("_peer")  # eta+time and eta_peer are eta
     return {"name": name, "model": model, "value": value, "test_auc": {"mean": auc, "std": 0.0},
-            "train_seconds_per_epoch": {"mean": seconds, "std": 0.0}, "infer_samples_per_second": {"mean": infer, "std": 0.0}}
+            "train_seconds_per_epoch": {"mean": seconds, "std": 0.0}, "infer_samples_per_second": {"mean": infer, "std": 0.0},
+            "by_seed": {str(seed): {"test_auc": auc, "train_seconds_per_epoch": seconds, "infer_samples_per_second": infer}}}
+
+
+def _seeds(*rows: dict) -> dict:
+    """One row from one-seed rows of the same entry (seeds 2024, 2025, ...), means as summarise() takes them."""
+    merged = {**rows[0], "by_seed": {str(2024 + i): row["by_seed"]["2024"] for i, row in enumerate(rows)}}
+    for key in ("test_auc", "train_seconds_per_epoch", "infer_samples_per_second"):
+        merged[key] = {"mean": float(np.mean([row[key]["mean"] for row in rows])), "std": 0.0}
+    return merged
 
 
 def test_ordering_verdict_names_each_pair_that_breaks_the_papers_order():
@@ -187,6 +196,11 @@ def test_ordering_verdict_names_each_pair_that_breaks_the_papers_order():
     assert ordering_verdict(rows)[0].endswith("does NOT hold: sim_hard 0.8170 vs eta 0.8160; "
                                               "eta 0.8160 vs full_attention 0.8159.")
     assert ordering_verdict([_row("eta", 0.8)]) == []
+    # with several seeds a broken pair shows its per-seed difference, to be told from noise
+    rows[3] = _seeds(_row("sim_hard", 0.817), _row("sim_hard", 0.815), _row("sim_hard", 0.816))
+    rows[4] = _seeds(_row("eta", 0.816), _row("eta", 0.814), _row("eta", 0.8165))
+    assert ordering_verdict(rows)[0].endswith(  # differences -0.001, -0.001, +0.0005
+        "NOT hold: sim_hard 0.8160 vs eta 0.8155 (eta - sim_hard by seed: -0.0005 ± 0.0009, 3 seeds).")
 
 
 def test_eta_is_set_against_the_full_attention_of_its_own_variant():
@@ -202,6 +216,12 @@ def test_eta_is_set_against_the_full_attention_of_its_own_variant():
     assert sweep_verdicts(rows, sweep) == [
         "- long_len=64: eta vs full_attention: test AUC +0.0000; training time per epoch x1.00; inference throughput x1.00.",
         "- long_len=1024: eta vs full_attention: test AUC -0.0100; training time per epoch x0.25; inference throughput x4.00."]
+    # costs are set against each other seed by seed (one sitting each), not as ratios of means
+    eta = _seeds(_row("eta", 0.816, 80.0, 3000.0), _row("eta", 0.815, 120.0, 2000.0))
+    full = _seeds(_row("full_attention", 0.815, 240.0, 1000.0), _row("full_attention", 0.815, 400.0, 500.0))
+    assert eta_vs_full([eta, full]) == [
+        "- eta vs full_attention (by seed, 2 seeds): test AUC +0.0005 ± 0.0007; training time per epoch x0.32 ± 0.02; "
+        "inference throughput x3.50 ± 0.71."]
 
 
 def test_inner_product_retrieval_has_recall_one_and_simhash_at_most_one(prepared_dir):

@@ -339,6 +339,9 @@ def summarise(results: list[tuple[Run, dict, float | None]]) -> list[dict]:
             "epochs": column(lambda m: m["epochs"]),
             "parameters": metrics["parameters"],
             "retrieval_recall": _stats(recalls) if recalls else None,
+            "by_seed": {str(r.seed): {"test_auc": m["test"]["auc"], "train_seconds_per_epoch": m["train_seconds_per_epoch"],
+                                      "infer_samples_per_second": m["test"]["infer_samples_per_second"]}
+                        for r, m, _ in group},
             "top_k": run.config.model.top_k, "long_len": run.config.model.long_len,
             # relative to the suite's --out folder, so a summary can be copied anywhere
             "runs": [str(r.folder.relative_to(r.folder.parents[2])) for r, _, _ in group],
@@ -374,14 +377,35 @@ def _table(rows: list[dict], first: list[str]) -> list[str]:
     return lines
 
 
+def _paired(a: dict, b: dict, key: str, combine) -> dict | None:
+    """combine(a's value, b's value) on every seed both rows ran, as mean/std and the count n; None
+    without a common seed. Pairing by seed sets runs of one sitting against each other: a noisy
+    machine's speed moves more between sittings than one model's cost differs from another's."""
+    seeds = [seed for seed in a["by_seed"] if seed in b["by_seed"]]
+    if not seeds:
+        return None
+    return {**_stats([combine(a["by_seed"][s][key], b["by_seed"][s][key]) for s in seeds]), "n": len(seeds)}
+
+
+def _spread(stats: dict, digits: int) -> str:
+    return f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else ""
+
+
 def ordering_verdict(rows: list[dict]) -> list[str]:
-    """Whether the paper's ordering holds on mean test AUC, naming each pair that breaks it."""
+    """Whether the paper's ordering holds on mean test AUC, naming each pair that breaks it with
+    the per-seed difference (mean ± std) where there are several seeds to tell it from noise."""
     by_name = {row["name"]: row for row in rows}
     chain = [name for name in PAPER_CLAIM if name in by_name]
     if len(chain) < 2:
         return []
     auc = {name: by_name[name]["test_auc"]["mean"] for name in chain}
-    broken = [f"{a} {auc[a]:.4f} vs {b} {auc[b]:.4f}" for a, b in zip(chain, chain[1:])
+
+    def broken_pair(a: str, b: str) -> str:
+        gap = _paired(by_name[b], by_name[a], "test_auc", lambda x, y: x - y)
+        paired = f" ({b} - {a} by seed: {gap['mean']:+.4f} ± {gap['std']:.4f}, {gap['n']} seeds)" if gap and gap["n"] > 1 else ""
+        return f"{a} {auc[a]:.4f} vs {b} {auc[b]:.4f}{paired}"
+
+    broken = [broken_pair(a, b) for a, b in zip(chain, chain[1:])
               if not (auc[a] <= auc[b] if (a, b) == ("eta", "full_attention") else auc[a] < auc[b])]
     claim = " < ".join(chain).replace("eta < full_attention", "eta <= full_attention")
     return [f"- Paper ordering ({claim}, mean test AUC): "
@@ -390,18 +414,22 @@ def ordering_verdict(rows: list[dict]) -> list[str]:
 
 def eta_vs_full(rows: list[dict], prefix: str = "") -> list[str]:
     """Every ETA entry against the full-attention entry of the same variant (eta_peer:
-    full_attention_peer): the gap in mean test AUC and the ratios of the costs."""
+    full_attention_peer): the test AUC gap and the cost ratios, each taken seed by seed."""
     by_name = {row["name"]: row for row in rows}
     lines = []
     for name, eta in by_name.items():
         full = by_name.get("full_attention" + name.removeprefix("eta"))
         if eta["model"] != "eta" or not name.startswith("eta") or full is None:
             continue
-        gap = eta["test_auc"]["mean"] - full["test_auc"]["mean"]
-        cost = eta["train_seconds_per_epoch"]["mean"] / full["train_seconds_per_epoch"]["mean"]
-        speed = eta["infer_samples_per_second"]["mean"] / full["infer_samples_per_second"]["mean"]
-        lines.append(f"- {prefix}{name} vs {full['name']}: test AUC {gap:+.4f}; training time per epoch x{cost:.2f}; "
-                     f"inference throughput x{speed:.2f}.")
+        gap = _paired(eta, full, "test_auc", lambda x, y: x - y)
+        if gap is None:
+            continue
+        cost = _paired(eta, full, "train_seconds_per_epoch", lambda x, y: x / y)
+        speed = _paired(eta, full, "infer_samples_per_second", lambda x, y: x / y)
+        seeds = f" (by seed, {gap['n']} seeds)" if gap["n"] > 1 else ""
+        lines.append(f"- {prefix}{name} vs {full['name']}{seeds}: test AUC {gap['mean']:+.4f}{_spread(gap, 4)}; "
+                     f"training time per epoch x{cost['mean']:.2f}{_spread(cost, 2)}; "
+                     f"inference throughput x{speed['mean']:.2f}{_spread(speed, 2)}.")
     return lines
 
 
