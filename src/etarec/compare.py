@@ -402,7 +402,7 @@ def ordering_verdict(rows: list[dict]) -> list[str]:
 
     def broken_pair(a: str, b: str) -> str:
         gap = _paired(by_name[b], by_name[a], "test_auc", lambda x, y: x - y)
-        paired = f" ({b} - {a} by seed: {gap['mean']:+.4f} ± {gap['std']:.4f}, {gap['n']} seeds)" if gap and gap["n"] > 1 else ""
+        paired = f" ({b} - {a} by seed: {gap['mean']:+.4f}{_spread(gap, 4)}, {gap['n']} seeds)" if gap and gap["n"] > 1 else ""
         return f"{a} {auc[a]:.4f} vs {b} {auc[b]:.4f}{paired}"
 
     broken = [broken_pair(a, b) for a, b in zip(chain, chain[1:])
