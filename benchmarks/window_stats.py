@@ -38,6 +38,8 @@ def window_stats(data, long_len: int, k: int, split: str = "test", batch: int = 
     return {
         "split": split, "L": long_len, "k": k, "rows": int(len(real)),
         "real_mean": float(real.mean()), "same_category_mean": float(same.mean()),
+        # rows whose history is cut at L: the only rows a longer window would show more of
+        "rows_with_full_window": float((real == long_len).mean()),
         "same_category_share": float(same.sum() / max(real.sum(), 1)),
         "rows_with_more_than_k_real": float(choosing.mean()),
         # of the rows where ETA must choose, how often SIM(hard) takes every same-category behaviour
@@ -56,12 +58,13 @@ def main() -> None:
     data = ensure_prepared(config.data)
     lengths = [int(v) for v in args.L.split(",")] if args.L else [config.model.long_len]
     rows = [window_stats(data, length, config.model.top_k) for length in lengths]
-    print("| L | k | real behaviours (mean) | target's category (mean) | share | rows with > k real | "
-          "of those, <= k of the category | rows without the category |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| L | k | real behaviours (mean) | rows with a full window | target's category (mean) | share | "
+          "rows with > k real | of those, <= k of the category | rows without the category |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         at_most_k = r["same_category_at_most_k_where_choosing"]
-        print(f"| {r['L']:,} | {r['k']} | {r['real_mean']:.1f} | {r['same_category_mean']:.1f} | "
+        print(f"| {r['L']:,} | {r['k']} | {r['real_mean']:.1f} | {r['rows_with_full_window']:.3f} | "
+              f"{r['same_category_mean']:.1f} | "
               f"{r['same_category_share']:.3f} | {r['rows_with_more_than_k_real']:.3f} | "
               f"{'–' if at_most_k is None else f'{at_most_k:.3f}'} | {r['rows_without_same_category']:.3f} |")
     document = {"dataset": data.meta["dataset"], "num_categories": data.meta["num_categories"], "rows": rows,
