@@ -33,10 +33,11 @@ from etarec.config import load_config
 from etarec.data.batch import Batch
 from etarec.models import build_model
 from etarec.nn.embeddings import Vocab
-from etarec.serve.catalog import encode_strings
+from etarec.store.catalog import encode_strings
 from etarec.serve.request_model import RequestModel
 from etarec.serve.scorer import History, Scorer
-from etarec.train.checkpoint import atomic_write_bytes, save_checkpoint
+from etarec.atomic import atomic_write_bytes
+from etarec.store.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "serving"
@@ -155,7 +156,7 @@ def onnx_part(folder: Path, length: int, candidates: int, requests: int, threads
 
 
 def _model(folder: Path) -> torch.nn.Module:
-    from etarec.train.checkpoint import load_checkpoint
+    from etarec.store.checkpoint import load_checkpoint
 
     return load_checkpoint(folder)[0]
 

@@ -14,7 +14,7 @@ from etarec.config import DataConfig, EventsColumns, build_config, load_config
 from etarec.data.prepare import prepare
 from etarec.data.prepared import load_prepared
 from etarec.errors import EtarecError
-from etarec.train.checkpoint import load_checkpoint
+from etarec.store.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_SMALL = REPO / "data" / "ml-latest-small"

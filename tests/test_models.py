@@ -6,7 +6,7 @@ from conftest import VOCAB, synthetic_batch
 from etarec.config import Config, build_config
 from etarec.models import build_model
 from etarec.nn.attention import MultiHeadTargetAttention
-from etarec.train.checkpoint import load_checkpoint, save_checkpoint
+from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 def make(name="eta", **model) -> tuple[torch.nn.Module, Config]:

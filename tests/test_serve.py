@@ -30,7 +30,7 @@ from etarec.nn.embeddings import Vocab
 from etarec.retrieval.simhash import hamming_top_k, pack_bits
 from etarec.serve.scorer import CANDIDATE_CHUNK, History, Scorer
 from etarec.serve.signs import history_keys, nearest, unpack_signs
-from etarec.train.checkpoint import load_checkpoint, save_checkpoint
+from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.metrics import all_metrics
 
 httpx = pytest.importorskip("httpx")
@@ -406,7 +406,7 @@ def test_service_refuses_a_bad_checkpoint_at_start_up(runs, tmp_path, damage):
 
 
 def test_core_import_does_not_pull_the_serving_dependencies():
-    code = ("import sys, etarec, etarec.cli, etarec.serve.scorer, etarec.train.checkpoint; "
+    code = ("import sys, etarec, etarec.cli, etarec.serve.scorer, etarec.store.checkpoint; "
             "heavy = [m for m in ('fastapi', 'uvicorn', 'onnx', 'onnxruntime') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

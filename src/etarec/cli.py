@@ -49,7 +49,7 @@ def _evaluate(args) -> None:
 
     from etarec.data.batch import BatchBuilder
     from etarec.data.prepare import ensure_prepared
-    from etarec.train.checkpoint import load_checkpoint
+    from etarec.store.checkpoint import load_checkpoint
     from etarec.train.trainer import evaluate_split
 
     folder = Path(args.checkpoint)

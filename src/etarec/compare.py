@@ -45,9 +45,10 @@ from etarec.data.prepared import Samples
 from etarec.errors import EtarecError
 from etarec.models import model_class
 from etarec.retrieval.selectors import inner_product_top_k
-from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint
+from etarec.atomic import atomic_write_bytes, write_text_atomically
+from etarec.store.checkpoint import load_checkpoint
 from etarec.train.state import STATE_FILE, load_state
-from etarec.train.trainer import resume, train, write_text_atomically
+from etarec.train.trainer import resume, train
 
 # the ETA paper's Table 4 order (with its ablations after ETA); other entries follow in suite order
 PAPER_ORDER = ["avg_pool", "din", "din_long", "sim_hard", "sim_hard+time", "eta", "eta+time", "eta_inner_product",

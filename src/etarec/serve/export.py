@@ -25,7 +25,7 @@ from torch import nn
 from etarec.data.batch import Batch
 from etarec.errors import EtarecError
 from etarec.serve.request_model import RequestModel
-from etarec.train.checkpoint import load_checkpoint
+from etarec.store.checkpoint import load_checkpoint
 
 INPUTS = ("user", "user_profile", "history_items", "history_categories", "history_actions", "history_time_gaps",
           "history_mask", "candidate_items", "candidate_categories")

@@ -30,9 +30,9 @@ import torch
 
 from etarec.config import Config
 from etarec.errors import EtarecError
-from etarec.serve.catalog import Catalog
+from etarec.store.catalog import Catalog
 from etarec.serve.request_model import RequestModel, UserSide
-from etarec.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from etarec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 CANDIDATE_CHUNK = 128  # candidates per pass: [128, K, P] gathers stay in cache
 LISTED_IDS = 10  # a warning names at most this many ids

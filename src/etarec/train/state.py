@@ -25,7 +25,7 @@ import yaml
 
 from etarec.config import Config, build_config
 from etarec.errors import EtarecError
-from etarec.train.checkpoint import atomic_write_bytes
+from etarec.atomic import atomic_write_bytes
 
 STATE_FILE = "state.pt"
 FORMAT = "etarec-train-state-v1"

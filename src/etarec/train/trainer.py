@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from etarec.atomic import atomic_write_bytes, write_text_atomically
 from etarec.config import Config, build_config, dump_config
 from etarec.data.batch import BatchBuilder, epoch_order, rank_share
 from etarec.data.prepare import ensure_prepared
@@ -30,7 +31,7 @@ from etarec.data.prepared import PreparedData, Samples
 from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
 from etarec.train import distributed
-from etarec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.distributed import World
 from etarec.train.metrics import all_metrics
 from etarec.train.optim import clip_gradients, make_optimizer
@@ -41,10 +42,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ loading it never executes pickled code.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from dataclasses import asdict
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from etarec.atomic import atomic_write_bytes
 from etarec.config import Config, build_config
 from etarec.errors import EtarecError
 from etarec.nn.embeddings import Vocab
@@ -22,23 +22,12 @@ CHECKPOINT_FILE = "model.pt"
 FORMAT = "etarec-checkpoint-v1"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(file_path) on a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(folder: Path, model: nn.Module, config: Config, vocab: Vocab, **extra) -> None:
     """extra: plain values stored beside the weights. Without an explicit `catalog` (raw ids, item
-    categories, user profiles: what serving needs, see serve/catalog.py) the run's prepared data
+    categories, user profiles: what serving needs, see store/catalog.py) the run's prepared data
     supplies it, when that data is on disk and matches `vocab`."""
     if "catalog" not in extra:
-        from etarec.serve.catalog import training_catalog  # reads Parquet: only when saving
+        from etarec.store.catalog import training_catalog  # reads Parquet: only when saving
 
         catalog = training_catalog(config, vocab)
         if catalog is not None:
