@@ -61,7 +61,7 @@ def test_sim_hard_retrieves_only_the_targets_category_most_recent_first():
     model = make("sim_hard", top_k=5)
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
     batch.history_categories[:, ::3] = batch.target_category[:, None]  # some matches in every row
-    index, found = model.retrieve(batch, model.features.target(batch))
+    index, found = model.retrieve(batch, model.embeddings.target(batch))
     for row in range(5):
         matches = [j for j in reversed(range(16)) if batch.history_mask[row, j]
                    and batch.history_categories[row, j] == batch.target_category[row]]
@@ -71,16 +71,16 @@ def test_sim_hard_retrieves_only_the_targets_category_most_recent_first():
 def test_eta_inner_product_retrieves_the_exact_inner_product_top_k():
     model = make("eta_inner_product", top_k=5)
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    index, found = model.retrieve(batch, model.features.target(batch))
+    index, found = model.retrieve(batch, model.embeddings.target(batch))
     with torch.no_grad():
-        target = model.features.target(batch).double()
-        keys = model.features.items(batch.history_items, batch.history_categories).double()
+        target = model.embeddings.target(batch).double()
+        keys = model.embeddings.items(batch.history_items, batch.history_categories).double()
     for row in range(5):
         real = [j for j in reversed(range(16)) if batch.history_mask[row, j]]
         expected = sorted(real, key=lambda j: -float(keys[row, j] @ target[row]))[:5]
         assert index[row][found[row]].tolist() == expected
     # the same selector measures SimHash's recall in `etarec compare`: the model is that reference
-    torch.testing.assert_close(index, inner_product_top_k(model.features.target(batch), model.features.items(
+    torch.testing.assert_close(index, inner_product_top_k(model.embeddings.target(batch), model.embeddings.items(
         batch.history_items, batch.history_categories), batch.history_mask, 5)[0])
 
 
@@ -92,7 +92,7 @@ def test_full_attention_equals_eta_that_retrieves_the_whole_window(attention):
     assert weights.keys() == full.state_dict().keys()
     assert all(torch.equal(value, full.state_dict()[name]) for name, value in weights.items())
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    index, found = eta.retrieve(batch, eta.features.target(batch))
+    index, found = eta.retrieve(batch, eta.embeddings.target(batch))
     for row in range(5):
         assert set(index[row][found[row]].tolist()) == set(torch.nonzero(batch.history_mask[row]).flatten().tolist())
     torch.testing.assert_close(eta(batch), full(batch))
@@ -102,13 +102,13 @@ def test_avg_pool_is_a_dnn_over_the_mean_and_din_long_adds_short_attention():
     avg_pool, din_long = make("avg_pool"), make("din_long")
     assert avg_pool.short_attention is None and din_long.short_attention is not None
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    history, mask = avg_pool.features.history(batch)  # the behaviours one by one, as attention sees them
+    history, mask = avg_pool.embeddings.history(batch)  # the behaviours one by one, as attention sees them
     expected = torch.stack([history[row][mask[row]].mean(0) if mask[row].any() else torch.zeros(history.shape[-1])
                             for row in range(5)])
     pooled = avg_pool.long_interest(batch, None)  # summed table by table (embedding_bag)
     torch.testing.assert_close(pooled, expected)
     # the same gradient into every table (item, category, action, time gap) as the row-by-row mean
-    tables = [avg_pool.features.item, avg_pool.features.category, avg_pool.features.action, avg_pool.features.time_gap]
+    tables = [avg_pool.embeddings.item, avg_pool.embeddings.category, avg_pool.embeddings.action, avg_pool.embeddings.time_gap]
     upstream = torch.randn_like(expected)
     by_bag = torch.autograd.grad((pooled * upstream).sum(), [t.weight for t in tables])
     by_row = torch.autograd.grad((expected * upstream).sum(), [t.weight for t in tables])
@@ -123,9 +123,9 @@ def test_sdim_gathers_the_targets_bucket_from_a_fixed_hash():
     # so the interest is that behaviour, l2-normalised
     batch = synthetic_batch(batch=5, valid_from=[15] * 5)
     batch.history_items[:, -1], batch.history_categories[:, -1] = batch.target_item, batch.target_category
-    behaviour, _ = model.features.history(batch)  # [B, L, Db]
+    behaviour, _ = model.embeddings.history(batch)  # [B, L, Db]
     expected = torch.nn.functional.normalize(behaviour[:, -1], dim=-1)
-    torch.testing.assert_close(model.long_interest(batch, model.features.target(batch)), expected)
+    torch.testing.assert_close(model.long_interest(batch, model.embeddings.target(batch)), expected)
 
 
 def test_sdim_hashes_must_split_into_signatures():
@@ -136,12 +136,12 @@ def test_sdim_hashes_must_split_into_signatures():
 def test_twin_retrieves_the_top_k_of_its_own_attention_logits():
     model = make("twin", top_k=5)
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    index, found = model.retrieve(batch, model.features.target(batch))
+    index, found = model.retrieve(batch, model.embeddings.target(batch))
     attention = model.long_attention
     with torch.no_grad():  # float64 brute force: every behaviour embedded and projected on its own
-        behaviours, _ = model.features.history(batch)  # [B, L, Db]
-        item_part, cross = behaviours.double().split([model.features.item_dim, behaviours.shape[-1] - model.features.item_dim], -1)
-        query = model.features.target(batch).double() @ attention.query.weight.double().T  # [B, A]
+        behaviours, _ = model.embeddings.history(batch)  # [B, L, Db]
+        item_part, cross = behaviours.double().split([model.embeddings.item_dim, behaviours.shape[-1] - model.embeddings.item_dim], -1)
+        query = model.embeddings.target(batch).double() @ attention.query.weight.double().T  # [B, A]
         keys = item_part @ attention.key.weight.double().T  # [B, L, A]
         heads = attention.heads
         per_head = (query.view(5, 1, heads, -1) * keys.view(5, 16, heads, -1)).sum(-1) / (keys.shape[-1] // heads) ** 0.5
@@ -155,15 +155,15 @@ def test_twin_retrieves_the_top_k_of_its_own_attention_logits():
 def test_twin_attends_over_the_retrieved_with_the_logits_it_retrieved_by():
     model = make("twin", top_k=5)
     batch = synthetic_batch(batch=5, valid_from=SHAPES)
-    target = model.features.target(batch)
+    target = model.embeddings.target(batch)
     attention = model.long_attention
     with torch.no_grad():
         index, found = model.retrieve(batch, target)
         keys = model.history_keys(batch)  # [B, L, A], one projection per distinct item
-        cross = model.features.cross(batch.history_actions, batch.history_time_gaps, batch.history_mask)
+        cross = model.embeddings.cross(batch.history_actions, batch.history_time_gaps, batch.history_mask)
         retrieval_logits = attention.logits(target, keys, cross).squeeze(2)  # [B, H, L]
-        retrieved, _ = model.features.history(batch, index)  # [B, K, Db] as the attention stage embeds them
-        item_part, retrieved_cross = retrieved.split([model.features.item_dim, retrieved.shape[-1] - model.features.item_dim], -1)
+        retrieved, _ = model.embeddings.history(batch, index)  # [B, K, Db] as the attention stage embeds them
+        item_part, retrieved_cross = retrieved.split([model.embeddings.item_dim, retrieved.shape[-1] - model.embeddings.item_dim], -1)
         attention_logits = attention.logits(target, attention.key(item_part), retrieved_cross).squeeze(2)  # [B, H, K]
     expected = torch.gather(retrieval_logits, 2, index[:, None, :].expand(-1, attention.heads, -1))
     torch.testing.assert_close(attention_logits[found[:, None, :].expand_as(expected)],

@@ -44,8 +44,8 @@ def test_gradients_reach_only_retrieved_short_and_target_items():
     batch.history_items[0, 2:] = torch.arange(100, 122)
     model.zero_grad()
     model(batch).sum().backward()
-    grad_rows = model.features.item.weight.grad.abs().sum(1) > 0
-    index, found = model.retrieve(batch, model.features.target(batch))
+    grad_rows = model.embeddings.item.weight.grad.abs().sum(1) > 0
+    index, found = model.retrieve(batch, model.embeddings.target(batch))
     retrieved = set(batch.history_items[0, index[0][found[0]]].tolist())
     short = set(batch.history_items[0, -3:].tolist())
     target = {int(batch.target_item[0])}
@@ -58,11 +58,11 @@ def test_gradients_reach_only_retrieved_short_and_target_items():
 def test_retrieval_is_recomputed_from_current_embeddings():
     model, _ = make(long_len=16, top_k=3)
     batch = synthetic_batch(batch=2, valid_from=[0, 0])
-    target = model.features.target(batch)
+    target = model.embeddings.target(batch)
     index_before, _ = model.retrieve(batch, target)
     with torch.no_grad():  # move the embeddings: a cached signature would not see it
-        model.features.item.weight.copy_(torch.randn_like(model.features.item.weight))
-    index_after, _ = model.retrieve(batch, model.features.target(batch))
+        model.embeddings.item.weight.copy_(torch.randn_like(model.embeddings.item.weight))
+    index_after, _ = model.retrieve(batch, model.embeddings.target(batch))
     assert not torch.equal(index_before, index_after)
 
 
@@ -71,7 +71,7 @@ def test_unique_item_hashing_equals_per_position_hashing():
     batch = synthetic_batch(batch=6, long_len=16)
     batch.history_items[:, 8:] = batch.history_items[:, :8].clone()  # repeated items
     batch.history_categories[:, 8:] = batch.history_categories[:, :8].clone()
-    per_position = model.simhash(model.features.items(batch.history_items, batch.history_categories))
+    per_position = model.simhash(model.embeddings.items(batch.history_items, batch.history_categories))
     assert torch.equal(model.history_codes(batch), per_position)
 
 
@@ -141,7 +141,7 @@ def test_projecting_then_gathering_equals_gathering_then_projecting(kind):
     """What lets a scorer project one shared history once for all candidates."""
     model, _ = make(attention=kind)
     attention = model.long_attention
-    query, history = torch.randn(6, model.features.item_dim), torch.randn(1, 20, model.features.behaviour_dim)
+    query, history = torch.randn(6, model.embeddings.item_dim), torch.randn(1, 20, model.embeddings.behaviour_dim)
     index = torch.randint(0, 20, (6, 5))
     mask = torch.rand(6, 5) < 0.8
     gathered = history.expand(6, -1, -1).gather(1, index[:, :, None].expand(-1, -1, history.shape[-1]))
@@ -154,7 +154,7 @@ def test_eval_signature_cache_equals_fresh_hashing_and_follows_training():
     batches = [synthetic_batch(batch=6, seed=s) for s in range(3)]
 
     def per_position(batch):
-        return model.simhash(model.features.items(batch.history_items, batch.history_categories))
+        return model.simhash(model.embeddings.items(batch.history_items, batch.history_categories))
 
     model.eval()
     for batch in batches + batches:  # the second pass is served from the cache
@@ -169,8 +169,8 @@ def test_eval_signature_cache_equals_fresh_hashing_and_follows_training():
 
 def test_embedding_init_std_sets_the_scale_and_keeps_padding_zero():
     model, _ = make(embedding_init_std=0.01)
-    weight = model.features.item.weight.detach()
+    weight = model.embeddings.item.weight.detach()
     assert abs(float(weight[1:].std()) - 0.01) < 0.002
     assert torch.equal(weight[0], torch.zeros_like(weight[0]))
     default, _ = make()
-    assert float(default.features.item.weight.detach()[1:].std()) > 0.5  # torch's N(0, 1) when unset
+    assert float(default.embeddings.item.weight.detach()[1:].std()) > 0.5  # torch's N(0, 1) when unset

@@ -25,7 +25,7 @@ def test_sparse_clipping_equals_torch_dense_clipping():
     expected_norm = torch.nn.utils.clip_grad_norm_(dense.parameters(), 1.0)
     norm = clip_gradients(list(sparse.parameters()), 1.0)
     assert abs(norm - float(expected_norm)) < 1e-3 * float(expected_norm)
-    assert sparse.features.item.weight.grad.is_sparse
+    assert sparse.embeddings.item.weight.grad.is_sparse
     for (name, p_dense), p_sparse in zip(dense.named_parameters(), sparse.parameters()):
         got = p_sparse.grad.to_dense() if p_sparse.grad.is_sparse else p_sparse.grad
         torch.testing.assert_close(got, p_dense.grad, rtol=1e-5, atol=1e-7, msg=name)
@@ -35,19 +35,19 @@ def test_sparse_step_touches_only_rows_in_the_batch_and_first_step_matches_adam(
     (dense, sparse), config = model_pair()
     batch = synthetic_batch(batch=8)
     optimizers = [make_optimizer(m, config.train) for m in (dense, sparse)]
-    before = sparse.features.item.weight.detach().clone()
+    before = sparse.embeddings.item.weight.detach().clone()
     for model, optimizer in zip((dense, sparse), optimizers):
         model(batch).sum().backward()
         optimizer.step()
     touched = torch.zeros(VOCAB.num_items, dtype=torch.bool)
     touched[torch.cat([batch.history_items.flatten(), batch.target_item])] = True
     touched[0] = False  # padding row never learns
-    changed = (sparse.features.item.weight != before).any(1)
+    changed = (sparse.embeddings.item.weight != before).any(1)
     assert not changed[~touched].any(), "rows outside the batch were updated"
     # Adam's first step is lr * g / (|g| + eps) ~ lr * sign(g); SparseAdam applies eps after the bias
     # correction (g / (|g| + eps / sqrt(1 - beta2))), so the two agree where |g| >> 3e-7
-    clear = touched[:, None] & (dense.features.item.weight.grad.abs() > 1e-4)
-    torch.testing.assert_close(sparse.features.item.weight[clear], dense.features.item.weight[clear])
+    clear = touched[:, None] & (dense.embeddings.item.weight.grad.abs() > 1e-4)
+    torch.testing.assert_close(sparse.embeddings.item.weight[clear], dense.embeddings.item.weight[clear])
     state = optimizers[1].state_dict()
     optimizers[1].load_state_dict(state)
     assert len(state["optimizers"]) == 2

@@ -249,9 +249,9 @@ def retrieval_recall(model: torch.nn.Module, builder: BatchBuilder, samples: Sam
     hits = total = 0
     for start in range(0, len(chosen), batch_size):
         batch = builder.build(samples, chosen[start : start + batch_size])
-        target = model.features.target(batch)  # [B, 2d]
+        target = model.embeddings.target(batch)  # [B, 2d]
         index, found = model.retrieve(batch, target)  # [B, K]
-        keys = model.features.items(batch.history_items, batch.history_categories)  # [B, L, 2d]
+        keys = model.embeddings.items(batch.history_items, batch.history_categories)  # [B, L, 2d]
         exact, exact_found = inner_product_top_k(target, keys, batch.history_mask, index.shape[1])  # [B, K]
         choosing = batch.history_mask.sum(1) > index.shape[1]  # [B]
         retrieved = torch.zeros_like(batch.history_mask).scatter_(1, index, found)  # [B, L]

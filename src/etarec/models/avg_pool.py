@@ -13,7 +13,7 @@ class AvgPool(LongShortInterestModel):
     short_window_attention = False
 
     def long_interest_dim(self, config: ModelConfig) -> int:
-        return self.features.behaviour_dim
+        return self.embeddings.behaviour_dim
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        return self.features.history_mean(batch)  # [B, Db]
+        return self.embeddings.history_mean(batch)  # [B, Db]

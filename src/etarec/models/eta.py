@@ -21,7 +21,7 @@ class ETA(RetrievalInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab)
         # the projection draws from its own seeded generator, so it leaves the weights' draws alone
-        self.simhash = SimHash(self.features.item_dim, config.hash_bits, seed=config.hash_seed)
+        self.simhash = SimHash(self.embeddings.item_dim, config.hash_bits, seed=config.hash_seed)
         self._code_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def train(self, mode: bool = True) -> "ETA":
@@ -42,7 +42,7 @@ class ETA(RetrievalInterestModel):
         """
         items = batch.history_items.flatten()  # [B*L]
         categories = batch.history_categories.flatten()  # [B*L]
-        num_items = self.features.item.num_embeddings
+        num_items = self.embeddings.item.num_embeddings
         cache = self._code_cache
         if self.training or cache is None:
             cache = (items.new_zeros((num_items, self.simhash.words)), torch.zeros(num_items, dtype=torch.bool))
@@ -53,8 +53,8 @@ class ETA(RetrievalInterestModel):
             missing = ~hashed[items]
             items, categories = items[missing], categories[missing]
         if len(items):
-            new, new_categories = self.features.distinct_items(items, categories)  # [U]
-            table[new] = self.simhash(self.features.items(new, new_categories))
+            new, new_categories = self.embeddings.distinct_items(items, categories)  # [U]
+            table[new] = self.simhash(self.embeddings.items(new, new_categories))
             hashed[new] = True
         return table
 

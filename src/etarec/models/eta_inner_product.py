@@ -13,5 +13,5 @@ from etarec.retrieval.selectors import inner_product_top_k
 class EtaInnerProduct(RetrievalInterestModel):
     @torch.no_grad()  # as in ETA, retrieval only chooses; gradients reach the chosen through attention
     def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = self.features.items(batch.history_items, batch.history_categories)  # [B, L, 2d]
+        keys = self.embeddings.items(batch.history_items, batch.history_categories)  # [B, L, 2d]
         return inner_product_top_k(target, keys, batch.history_mask, self.top_k)

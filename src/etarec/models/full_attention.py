@@ -14,8 +14,8 @@ from etarec.nn.interest import LongShortInterestModel
 class FullAttention(LongShortInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab)
-        self.long_attention = target_attention(config, self.features.item_dim, self.features.behaviour_dim)
+        self.long_attention = target_attention(config, self.embeddings.item_dim, self.embeddings.behaviour_dim)
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        history, mask = self.features.history(batch)  # [B, L, Db], [B, L]
+        history, mask = self.embeddings.history(batch)  # [B, L, Db], [B, L]
         return self.long_attention(target, history, mask)  # [B, A]

@@ -19,13 +19,13 @@ from etarec.retrieval.selectors import BucketHash, bucket_mean
 class SDIM(LongShortInterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab)
-        self.hash = BucketHash(self.features.item_dim, config.sdim_hashes, config.sdim_tau, seed=config.hash_seed)
+        self.hash = BucketHash(self.embeddings.item_dim, config.sdim_hashes, config.sdim_tau, seed=config.hash_seed)
 
     def long_interest_dim(self, config: ModelConfig) -> int:
-        return self.features.behaviour_dim
+        return self.embeddings.behaviour_dim
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        history, mask = self.features.history(batch)  # [B, L, Db], [B, L]
+        history, mask = self.embeddings.history(batch)  # [B, L, Db], [B, L]
         # a behaviour's first item_dim columns are its item embedding [item, category]: hash those
-        history_buckets = self.hash(history[..., : self.features.item_dim])  # [B, L, G]
+        history_buckets = self.hash(history[..., : self.embeddings.item_dim])  # [B, L, G]
         return bucket_mean(self.hash(target), history_buckets, history, mask)  # [B, Db]

@@ -25,8 +25,8 @@ class LongShortInterestModel(nn.Module):
 
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__()
-        self.features = FeatureEmbeddings(config, vocab)
-        f = self.features
+        self.embeddings = FeatureEmbeddings(config, vocab)
+        f = self.embeddings
         # created in this order so that a seed gives every model its weights drawn in the same sequence
         self.short_attention = (target_attention(config, f.item_dim, f.behaviour_dim)
                                 if self.short_window_attention else None)
@@ -46,14 +46,14 @@ class LongShortInterestModel(nn.Module):
         """[B, A] target attention over the short window ([B, 0] for a model without it)"""
         if self.short_attention is None:
             return target.new_zeros((len(target), 0))
-        short, short_mask = self.features.short_history(batch)  # [B, S, Db], [B, S]
+        short, short_mask = self.embeddings.short_history(batch)  # [B, S, Db], [B, S]
         return self.short_attention(target, short, short_mask)  # [B, A]
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        target = self.features.target(batch)  # [B, 2d]
+        target = self.embeddings.target(batch)  # [B, 2d]
         long_interest = self.long_interest(batch, target)  # [B, A] (or [B, 0], [B, Db])
         short_interest = self.short_interest(batch, target)  # [B, A] (or [B, 0])
-        user = self.features.user_features(batch)  # [B, Du]
+        user = self.embeddings.user_features(batch)  # [B, Du]
         return self.head(torch.cat([user, target, long_interest, short_interest], dim=-1)).squeeze(-1)  # [B] logits
 
 
@@ -68,7 +68,7 @@ class RetrievalInterestModel(LongShortInterestModel):
 
     def retrieved_attention(self, config: ModelConfig) -> nn.Module:
         """The attention over the retrieved behaviours: query [B, item_dim], keys [B, K, behaviour_dim]"""
-        return target_attention(config, self.features.item_dim, self.features.behaviour_dim)
+        return target_attention(config, self.embeddings.item_dim, self.embeddings.behaviour_dim)
 
     def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(index [B, K], found [B, K]): positions in the long window, best first; found=False for padding"""
@@ -76,5 +76,5 @@ class RetrievalInterestModel(LongShortInterestModel):
 
     def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
         index, found = self.retrieve(batch, target)  # [B, K]
-        retrieved, _ = self.features.history(batch, index)  # [B, K, Db]
+        retrieved, _ = self.embeddings.history(batch, index)  # [B, K, Db]
         return self.long_attention(target, retrieved, found)  # [B, A]

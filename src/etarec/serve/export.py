@@ -139,7 +139,7 @@ def request_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 
 def _example(model: nn.Module, length: int, candidates: int) -> dict[str, torch.Tensor]:
     """Small valid inputs (N = 2) for tracing; distinct tensors (the exporter merges aliased inputs)."""
-    profiles = len(model.features.profiles)
+    profiles = len(model.embeddings.profiles)
 
     def ids(count: int) -> torch.Tensor:
         return torch.full((2, count), 2)  # item / category 2: the first real one

@@ -57,7 +57,7 @@ class RequestModel(nn.Module):
         if type(model) not in (ETA, DIN, FullAttention):  # exact types: a subclass may form its interest otherwise
             raise EtarecError(f"serving supports eta, din and full_attention models, not '{config.name}'; "
                               "score this model with `etarec evaluate` instead")
-        self.features = model.features
+        self.embeddings = model.embeddings
         self.short_attention = model.short_attention
         self.head = model.head
         self.long_attention = getattr(model, "long_attention", None)
@@ -73,7 +73,7 @@ class RequestModel(nn.Module):
         self.sign_dtype = product_dtype(config.hash_bits, self.key_dtype) if self.cached else self.key_dtype
         if self.cached:
             with torch.no_grad():
-                vectors = self.features.items(torch.arange(len(item_category)), item_category)  # [V, 2d]
+                vectors = self.embeddings.items(torch.arange(len(item_category)), item_category)  # [V, 2d]
                 self.register_buffer("item_vectors", vectors, persistent=False)
                 if self.simhash is not None:
                     self.register_buffer("item_codes", self.simhash(vectors), persistent=False)  # [V, W]
@@ -91,10 +91,10 @@ class RequestModel(nn.Module):
         window = [column[:, -self.long_len:] for column in
                   (history_items, history_categories, history_actions, history_time_gaps, history_mask)]
         items, categories, actions, gaps, mask = [nn.functional.pad(column, (self.pad, 0)) for column in window]
-        behaviours = self.features.behaviours(items, categories, actions, gaps, mask)  # [N, L, Db]
+        behaviours = self.embeddings.behaviours(items, categories, actions, gaps, mask)  # [N, L, Db]
         short_start = mask.shape[1] - self.short_len  # the model's short window: the last S columns
         side = UserSide(
-            user=self.features.users(user, user_profile),
+            user=self.embeddings.users(user, user_profile),
             short=self.short_attention.project(behaviours[:, short_start:]),
             short_mask=mask[:, short_start:],
             projected=None, mask=mask, signs=None, bias=None,
@@ -108,7 +108,7 @@ class RequestModel(nn.Module):
     def candidate_logits(self, side: UserSide, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         """[N, C] candidate ids -> logits [N, C]. Callers may split C into chunks: rows are independent."""
         n, c = items.shape
-        target = rows(self.item_vectors, items) if self.cached else self.features.items(items, categories)  # [N, C, 2d]
+        target = rows(self.item_vectors, items) if self.cached else self.embeddings.items(items, categories)  # [N, C, 2d]
         query = target.flatten(0, 1)  # [N * C, 2d]
         parts = [side.user[:, None, :].expand(n, c, -1), target]
         if side.projected is not None:
@@ -137,5 +137,5 @@ class RequestModel(nn.Module):
         if self.cached:
             return unpack_signs(rows(self.item_codes, items), self.simhash.bits, self.sign_dtype)
         if vectors is None:
-            vectors = self.features.items(items, categories)
+            vectors = self.embeddings.items(items, categories)
         return sign_vectors(vectors, self.simhash.projection, self.sign_dtype)

@@ -85,7 +85,7 @@ class Scorer:
         self.catalog = catalog
         self.version = version
         self.request_model = RequestModel(model, config.model, torch.from_numpy(catalog.item_category)).eval()
-        features = self.request_model.features
+        features = self.request_model.embeddings
         self.uses_time = features.time_gap is not None
         self.uses_action = features.action is not None
         self.uses_user = features.user is not None
@@ -103,7 +103,7 @@ class Scorer:
                 f"checkpoint {Path(folder) / CHECKPOINT_FILE} has no catalog (raw ids of items and users), "
                 "so requests cannot be mapped to the model; train it again with this etarec version")
         catalog = Catalog(payload["catalog"])
-        if catalog.num_items != model.features.item.num_embeddings:
+        if catalog.num_items != model.embeddings.item.num_embeddings:
             raise EtarecError(f"checkpoint {Path(folder) / CHECKPOINT_FILE} is inconsistent: its catalog and "
                               "its item table differ in size; train it again")
         digest = hashlib.sha256((Path(folder) / CHECKPOINT_FILE).read_bytes()).hexdigest()[:12]
