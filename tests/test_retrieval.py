@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from etarec.retrieval import native
+from etarec.retrieval.sign_product import history_keys, nearest, unpack_signs
 from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, hamming_torch, pack_bits, popcount
 
 
@@ -88,3 +89,25 @@ def test_simhash_bits_are_float_signs_of_the_fixed_projection():
     assert torch.equal(SimHash(16, 37, seed=3).projection, simhash.projection), "seeded projection differs"
     assert not torch.equal(SimHash(16, 37, seed=4).projection, simhash.projection)
     assert list(simhash.parameters()) == []
+
+
+@pytest.mark.parametrize("bits", [5, 64, 72, 130])
+def test_sign_product_retrieval_for_many_candidates_equals_the_brute_force_reference(bits):
+    """Serving's layout: C candidates share each history row, all distances from one sign product."""
+    g = torch.Generator().manual_seed(bits)
+    rows, candidates, length, k = 6, 3, 40, 7
+    # few distinct signatures: many ties, which must go to the more recent behaviour
+    pool = torch.rand((5, bits), generator=g) > 0.5
+    history_bits = pool[torch.randint(0, 5, (rows, length), generator=g)]  # [N, L, m]
+    query_bits = torch.rand((rows, candidates, bits), generator=g) > 0.5  # [N, C, m]
+    mask = torch.arange(length)[None, :] >= torch.tensor([0, 3, 20, 36, 40, 39])[:, None]  # left padding
+    for dtype in (torch.float32, torch.bfloat16):  # the graph's and the Scorer's sign product
+        signs = unpack_signs(pack_bits(history_bits), bits, dtype)
+        assert torch.equal(signs.float(), history_bits.float() * 2 - 1), "unpack_signs does not invert pack_bits"
+        history, bias, beyond = history_keys(signs, mask, torch.float32)
+        index, found = nearest(unpack_signs(pack_bits(query_bits), bits, dtype), history, bias, beyond, k)
+        assert index.shape == found.shape == (rows, candidates, k)
+        for c in range(candidates):
+            expected = reference_top_k(query_bits[:, c], history_bits, mask, k)
+            for row in range(rows):
+                assert index[row, c][found[row, c]].tolist() == expected[row], f"row {row}, candidate {c}"

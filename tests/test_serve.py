@@ -27,9 +27,7 @@ from etarec.data.prepared import PreparedData, Samples, load_prepared
 from etarec.errors import EtarecError
 from etarec.models import build_model
 from etarec.nn.embeddings import Vocab
-from etarec.retrieval.simhash import hamming_top_k, pack_bits
 from etarec.serve.scorer import CANDIDATE_CHUNK, History, Scorer
-from etarec.serve.signs import history_keys, nearest, unpack_signs
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.metrics import all_metrics
 
@@ -122,30 +120,6 @@ def model_probabilities(run: Path, batch: Batch) -> np.ndarray:
 
 def builder(real: Real) -> BatchBuilder:
     return BatchBuilder(real.data, LONG, SHORT)
-
-
-# ----------------------------------------------------------------------------------------------
-# retrieval as a product of signs == the model's packed Hamming top-k
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bits", [5, 64, 72, 130])
-def test_sign_product_retrieval_selects_what_packed_hamming_top_k_selects(bits):
-    g = torch.Generator().manual_seed(bits)
-    rows, length, k = 6, 40, 7
-    # few distinct signatures: many ties, which must go to the more recent behaviour
-    pool = torch.rand((5, bits), generator=g) > 0.5
-    history_bits = pool[torch.randint(0, 5, (rows, length), generator=g)]  # [N, L, m]
-    query_bits = torch.rand((rows, bits), generator=g) > 0.5
-    mask = torch.arange(length)[None, :] >= torch.tensor([0, 3, 20, 36, 40, 39])[:, None]  # left padding
-    expected_index, expected_found = hamming_top_k(pack_bits(query_bits), pack_bits(history_bits), mask, k)
-    for dtype in (torch.float32, torch.bfloat16):  # the graph's and the Scorer's sign product
-        signs = unpack_signs(pack_bits(history_bits), bits, dtype)
-        assert torch.equal(signs.float(), history_bits.float() * 2 - 1), "unpack_signs does not invert pack_bits"
-        history, bias, beyond = history_keys(signs, mask, torch.float32)
-        index, found = nearest(unpack_signs(pack_bits(query_bits), bits, dtype)[:, None], history, bias, beyond, k)
-        assert torch.equal(found[:, 0], expected_found)
-        assert torch.equal(index[:, 0][expected_found], expected_index[expected_found])  # padding picks are free
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,8 +463,9 @@ def test_cached_serving_signatures_equal_the_training_time_signatures(runs, real
     model, _, _ = load_checkpoint(runs["eta"])
     model.train()  # the per-step path, not the eval cache
     batch = builder(real).build(real.data.splits["test"], np.arange(256))
+    selector = model.long_interest.selector
     with torch.no_grad():
-        training_table = model.code_table(batch)
+        training_table = selector.code_table(model.embeddings, batch.user_history(), cache=None)
     items = torch.unique(batch.history_items[batch.history_mask])
     assert len(items) > 100
-    assert torch.equal(scorer.request_model.item_codes[items], training_table[items])
+    assert torch.equal(scorer.cache.codes[items], training_table[items])

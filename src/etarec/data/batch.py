@@ -15,8 +15,52 @@ from etarec.data.prepared import PreparedData, Samples
 
 
 @dataclass
+class UserHistory:
+    """Who is asking and what they did before: the user side of N samples or requests.
+
+    Shapes: N rows, L behaviours (right-aligned: column L-1 is the most recent, padding on the
+    left), P profile features. A Batch gives one per sample (`Batch.user_history()`); a serving
+    request is one row that many candidates share.
+
+        UserHistory(user=[7], user_profile=[[2, 5]], items=[[0, 0, 41, 12]], categories=[[0, 0, 3, 3]],
+                    actions=[[0, 0, 4, 5]], time_gaps=[[0, 0, 8600, 60]], mask=[[F, F, T, T]])
+        -> user 7 watched item 41 (category 3, action 4) 8,600 s and item 12 one minute before the request
+    """
+
+    user: torch.Tensor  # [N] int64, 0 = unknown user
+    user_profile: torch.Tensor  # [N, P] int64
+    items: torch.Tensor  # [N, L] int64, 0 = padding
+    categories: torch.Tensor  # [N, L] int64
+    actions: torch.Tensor  # [N, L] int64
+    time_gaps: torch.Tensor  # [N, L] int64 seconds between behaviour and request, >= 0
+    mask: torch.Tensor  # [N, L] bool, True = real behaviour
+
+    @property
+    def length(self) -> int:
+        return self.items.shape[1]
+
+    def behaviour_columns(self) -> tuple[torch.Tensor, ...]:
+        """(items, categories, actions, time_gaps, mask), each [N, L]: what embeds a behaviour"""
+        return self.items, self.categories, self.actions, self.time_gaps, self.mask
+
+    def window(self, length: int, pad: int = 0) -> "UserHistory":
+        """The most recent `length` behaviours behind `pad` more columns of padding (left)."""
+        columns = [torch.nn.functional.pad(column[:, -length:], (pad, 0)) if pad else column[:, -length:]
+                   for column in self.behaviour_columns()]
+        return UserHistory(self.user, self.user_profile, *columns)
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Behaviour columns at positions index [N, K] -> five [N, K] tensors"""
+        return tuple(torch.gather(column, 1, index) for column in self.behaviour_columns())
+
+
+@dataclass
 class Batch:
-    """B samples with their history windows. Shapes: B = batch, L = long window, P = profile features."""
+    """B samples with their history windows. Shapes: B = batch, L = long window, P = profile features.
+
+    Sample b asks: will user[b] (with user_profile[b]) click target_item[b] (of target_category[b]),
+    given the behaviours history_*[b] before it? labels[b] is the answer (1.0 = clicked).
+    """
 
     user: torch.Tensor  # [B] int64, 0 = unknown user
     user_profile: torch.Tensor  # [B, P] int64
@@ -36,6 +80,11 @@ class Batch:
     @property
     def long_len(self) -> int:
         return self.history_items.shape[1]
+
+    def user_history(self) -> UserHistory:
+        """The samples' user side (views, no copies)."""
+        return UserHistory(self.user, self.user_profile, self.history_items, self.history_categories,
+                           self.history_actions, self.history_time_gaps, self.history_mask)
 
     def short(self, tensor: torch.Tensor) -> torch.Tensor:
         """The short window [B, S] of a [B, L, ...] history tensor (a view, not a copy)."""

@@ -1,14 +1,11 @@
 """DIN (Zhou et al., KDD 2018): target attention over the short window of recent behaviours only."""
 from __future__ import annotations
 
-import torch
+from etarec.config import ModelConfig
+from etarec.models.base import InterestModel
+from etarec.nn.embeddings import Vocab
 
-from etarec.data.batch import Batch
-from etarec.nn.interest import LongShortInterestModel
 
-
-class DIN(LongShortInterestModel):
-    long_interest_dim_factor = 0
-
-    def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        return target.new_zeros((len(target), 0))
+class DIN(InterestModel):
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__(config, vocab, long_width=0)  # no long interest

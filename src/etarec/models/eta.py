@@ -1,68 +1,126 @@
 """ETA (Chen et al., arXiv 2108.04468): SimHash top-k retrieval from the long window, end to end.
 
-Per forward pass: hash the current embeddings of the target and of each distinct history item
+Per forward pass: hash the current embeddings of the candidate and of each distinct history item
 with a fixed random projection, keep the k behaviours nearest in Hamming distance, and run target
 attention over them and over the short window. Hashing runs without gradient; the retrieved
 behaviours are embedded again with gradient, so only they (and the short window) learn from the
 long-interest path.
+
+Two layouts of the same retrieval (retrieval/ tests both against brute force):
+    one candidate per row   packed codes, XOR + popcount (the fused CPU kernel)
+    shared history          one product of +-1 signs for all C candidates (BLAS, ONNX MatMul + TopK)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from etarec.config import ModelConfig
-from etarec.data.batch import Batch
-from etarec.nn.embeddings import Vocab
-from etarec.nn.interest import RetrievalInterestModel
+from etarec.data.batch import UserHistory
+from etarec.models.base import Candidates, InterestModel, ItemCache, RetrievedAttention, Selector
+from etarec.nn.attention import target_attention
+from etarec.nn.embeddings import Embeddings, Vocab, distinct_items
+from etarec.retrieval import sign_product
 from etarec.retrieval.simhash import SimHash, table_hamming_top_k
 
 
-class ETA(RetrievalInterestModel):
-    def __init__(self, config: ModelConfig, vocab: Vocab):
-        super().__init__(config, vocab)
-        # the projection draws from its own seeded generator, so it leaves the weights' draws alone
-        self.simhash = SimHash(self.embeddings.item_dim, config.hash_bits, seed=config.hash_seed)
-        self._code_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+class SignatureCache(ItemCache):
+    """Packed signatures [V, W] of the items hashed so far, on the embeddings' device. Valid while
+    the weights stay as they were: evaluation makes one per checkpoint (each item hashed once),
+    the Scorer fills it with the whole catalog at load."""
 
-    def train(self, mode: bool = True) -> "ETA":
-        self._code_cache = None  # embeddings move while training; cached signatures would go stale
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._code_cache = None
-        super()._load_from_state_dict(*args, **kwargs)
+    def __init__(self, simhash: SimHash, embeddings: Embeddings):
+        device = simhash.projection.device
+        self.simhash, self.embeddings = simhash, embeddings
+        self.codes = torch.zeros((embeddings.num_items, simhash.words), dtype=torch.int64, device=device)
+        self.hashed = torch.zeros(embeddings.num_items, dtype=torch.bool, device=device)
 
     @torch.no_grad()
-    def code_table(self, batch: Batch) -> torch.Tensor:
-        """[V, W] packed signatures, current for every item in the batch's long window; each
-        distinct item is hashed once.
+    def fill(self, items: torch.Tensor, categories: torch.Tensor) -> None:
+        self.codes[items] = self.simhash(self.embeddings.items(items, categories))
+        self.hashed[items] = True
 
-        In eval mode the table is kept and grows batch by batch, so evaluation hashes each item once
-        per checkpoint.
-        """
-        items = batch.history_items.flatten()  # [B*L]
-        categories = batch.history_categories.flatten()  # [B*L]
-        num_items = self.embeddings.item.num_embeddings
-        cache = self._code_cache
-        if self.training or cache is None:
-            cache = (items.new_zeros((num_items, self.simhash.words)), torch.zeros(num_items, dtype=torch.bool))
-            if not self.training:
-                self._code_cache = cache
-        table, hashed = cache  # [V, W] codes, [V] which rows hold current codes
-        if not self.training:
-            missing = ~hashed[items]
-            items, categories = items[missing], categories[missing]
-        if len(items):
-            new, new_categories = self.embeddings.distinct_items(items, categories)  # [U]
-            table[new] = self.simhash(self.embeddings.items(new, new_categories))
-            hashed[new] = True
-        return table
 
-    def history_codes(self, batch: Batch) -> torch.Tensor:
-        """[B, L, W] packed signatures of the long window"""
-        return self.code_table(batch)[batch.history_items]
+@dataclass
+class _SignatureSide:
+    table: torch.Tensor | None  # [V, W] codes current for every item of the window (one candidate per row)
+    cache: SignatureCache | None = None
+    signs: torch.Tensor | None = None  # [N, m, L] } the history half of the sign-product keys
+    bias: torch.Tensor | None = None  # [N, 1, L]  } (shared history, see retrieval/sign_product.py)
+    beyond: int = 0
 
-    def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index [B, K], found [B, K]) of the k behaviours nearest to the target."""
-        return table_hamming_top_k(self.simhash(target), self.code_table(batch), batch.history_items,
-                                   batch.history_mask, self.top_k)
+
+class SimHashNearest(Selector):
+    """The k behaviours nearest to the candidate in Hamming distance of their SimHash signatures."""
+
+    def __init__(self, item_dim: int, config: ModelConfig):
+        super().__init__()
+        # the projection draws from its own seeded generator, so it leaves the weights' draws alone
+        self.simhash = SimHash(item_dim, config.hash_bits, seed=config.hash_seed)
+        self.top_k = config.top_k
+        # the sort keys of the shared layout are exact in this float type up to the longest window
+        self.key_dtype = sign_product.key_dtype(config.hash_bits, config.long_len + max(config.top_k, config.short_len, 1))
+
+    def item_cache(self, embeddings: Embeddings) -> SignatureCache:
+        return SignatureCache(self.simhash, embeddings)
+
+    @torch.no_grad()
+    def user_side(self, embeddings, history: UserHistory, shared: bool, cache: SignatureCache | None) -> _SignatureSide:
+        if not shared:
+            return _SignatureSide(self.code_table(embeddings, history, cache))
+        if cache is None:  # a graph (ONNX): the request's items are hashed inside it
+            vectors = embeddings.items(history.items, history.categories)  # [N, L, Dq]
+            signs = sign_product.sign_vectors(vectors, self.simhash.projection, self.key_dtype)
+        else:  # serving: the cached signatures, as bfloat16 signs where that is exact and fast
+            signs = self._cached_signs(embeddings, history.items, history.categories, cache,
+                                       sign_product.product_dtype(self.simhash.bits, self.key_dtype))
+        return _SignatureSide(None, cache, *sign_product.history_keys(signs, history.mask, self.key_dtype))
+
+    @torch.no_grad()
+    def forward(self, embeddings, history: UserHistory, side: _SignatureSide,
+                candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c = candidates.items.shape
+        if side.table is None:  # shared history: all C candidates in one sign product
+            if side.cache is None:
+                signs = sign_product.sign_vectors(candidates.vectors, self.simhash.projection, side.signs.dtype)
+            else:
+                signs = self._cached_signs(embeddings, candidates.items, candidates.categories, side.cache,
+                                           side.signs.dtype)
+            return sign_product.nearest(signs, side.signs, side.bias, side.beyond, self.top_k)  # [N, C, K]
+        query = self.simhash(candidates.vectors).reshape(n * c, -1)  # [N*C, W]
+        items, mask = history.items, history.mask
+        if c > 1:
+            items, mask = items.repeat_interleave(c, dim=0), mask.repeat_interleave(c, dim=0)
+        index, found = table_hamming_top_k(query, side.table, items, mask, self.top_k)  # [N*C, K]
+        return index.view(n, c, -1), found.view(n, c, -1)
+
+    def code_table(self, embeddings, history: UserHistory, cache: SignatureCache | None) -> torch.Tensor:
+        """[V, W] packed signatures, current for every item of the window. Each distinct item is
+        hashed once per call, or once per cache."""
+        if cache is not None:
+            self._hash_missing(embeddings, history.items, history.categories, cache)
+            return cache.codes
+        fresh = SignatureCache(self.simhash, embeddings)
+        fresh.fill(*distinct_items(history.items.flatten(), history.categories.flatten(), embeddings.num_items))
+        return fresh.codes
+
+    def _cached_signs(self, embeddings, items, categories, cache: SignatureCache, dtype: torch.dtype) -> torch.Tensor:
+        """[...] items -> [..., m] +-1 signs of their cached signatures"""
+        self._hash_missing(embeddings, items, categories, cache)
+        return sign_product.unpack_signs(cache.codes[items], self.simhash.bits, dtype)
+
+    @staticmethod
+    def _hash_missing(embeddings, items: torch.Tensor, categories: torch.Tensor, cache: SignatureCache) -> None:
+        items, categories = items.flatten(), categories.flatten()  # [N*L]
+        missing = ~cache.hashed[items]
+        if missing.any():
+            cache.fill(*distinct_items(items[missing], categories[missing], embeddings.num_items))
+
+
+class ETA(InterestModel):
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__(config, vocab, long_width=config.attention_dim)
+        e = self.embeddings
+        self.long_interest = RetrievedAttention(SimHashNearest(e.item_dim, config),
+                                                target_attention(config, e.item_dim, e.behaviour_dim))

@@ -5,17 +5,28 @@ from __future__ import annotations
 import torch
 
 from etarec.config import ModelConfig
-from etarec.data.batch import Batch
-from etarec.nn.attention import target_attention
+from etarec.models.base import Candidates, InterestModel, LongInterest
+from etarec.nn.attention import TargetAttention, target_attention
 from etarec.nn.embeddings import Vocab
-from etarec.nn.interest import LongShortInterestModel
 
 
-class FullAttention(LongShortInterestModel):
+class WindowAttention(LongInterest):
+    """Target attention over all L behaviours. The window is projected once per history row and
+    every candidate attends over it: no selection, no gather."""
+
+    def __init__(self, attention: TargetAttention):
+        super().__init__()
+        self.attention = attention
+
+    def user_side(self, embeddings, history, shared, cache) -> torch.Tensor:
+        return self.attention.project(embeddings.behaviours(*history.behaviour_columns()))  # [N, L, P]
+
+    def forward(self, embeddings, history, side: torch.Tensor, candidates: Candidates) -> torch.Tensor:
+        return self.attention.attend(candidates.vectors, side, history.mask)  # [N, C, A]
+
+
+class FullAttention(InterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
-        super().__init__(config, vocab)
-        self.long_attention = target_attention(config, self.embeddings.item_dim, self.embeddings.behaviour_dim)
-
-    def long_interest(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        history, mask = self.embeddings.history(batch)  # [B, L, Db], [B, L]
-        return self.long_attention(target, history, mask)  # [B, A]
+        super().__init__(config, vocab, long_width=config.attention_dim)
+        e = self.embeddings
+        self.long_interest = WindowAttention(target_attention(config, e.item_dim, e.behaviour_dim))

@@ -1,14 +1,28 @@
-"""SIM(hard) (Pi et al., CIKM 2020): retrieve the behaviours of the target's category, most recent
-k first, then target attention over them. With model.use_time: the paper's "SIM(hard) + time"."""
+"""SIM(hard) (Pi et al., CIKM 2020): retrieve the behaviours of the candidate's category, most
+recent k first, then target attention over them. With model.use_time: the paper's "SIM(hard) + time"."""
 from __future__ import annotations
 
 import torch
 
-from etarec.data.batch import Batch
-from etarec.nn.interest import RetrievalInterestModel
+from etarec.config import ModelConfig
+from etarec.models.base import Candidates, InterestModel, RetrievedAttention, Selector
+from etarec.nn.attention import target_attention
+from etarec.nn.embeddings import Vocab
 from etarec.retrieval.selectors import category_top_k
 
 
-class SimHard(RetrievalInterestModel):
-    def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return category_top_k(batch.history_categories, batch.history_mask, batch.target_category, self.top_k)
+class SameCategory(Selector):
+    def __init__(self, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+
+    def forward(self, embeddings, history, side, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+        return category_top_k(history.categories, history.mask, candidates.categories, self.top_k)  # [N, C, K]
+
+
+class SimHard(InterestModel):
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__(config, vocab, long_width=config.attention_dim)
+        e = self.embeddings
+        self.long_interest = RetrievedAttention(SameCategory(config.top_k),
+                                                target_attention(config, e.item_dim, e.behaviour_dim))

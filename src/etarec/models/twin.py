@@ -10,36 +10,54 @@ The long path is always TWIN's multi-head attention; model.attention sets the sh
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from torch import nn
 
 from etarec.config import ModelConfig
-from etarec.data.batch import Batch
+from etarec.data.batch import UserHistory
+from etarec.models.base import Candidates, InterestModel, RetrievedAttention
 from etarec.nn.attention import TwinAttention
-from etarec.nn.interest import RetrievalInterestModel
+from etarec.nn.embeddings import Vocab, distinct_items
 from etarec.retrieval.selectors import score_top_k
 
 
-class TWIN(RetrievalInterestModel):
-    def retrieved_attention(self, config: ModelConfig) -> nn.Module:
-        f = self.embeddings
-        return TwinAttention(f.item_dim, f.item_dim, f.behaviour_dim, config.attention_dim, config.heads)
+@dataclass
+class _Keys:
+    keys: torch.Tensor  # [N, L, A] key(item features) of the window
+    cross: torch.Tensor  # [N, L, H] the user-item logits of each behaviour
+
+
+class TwinRetrieval(RetrievedAttention):
+    def __init__(self, attention: TwinAttention, top_k: int):
+        super().__init__(None, attention)
+        self.top_k = top_k
 
     @torch.no_grad()
-    def history_keys(self, batch: Batch) -> torch.Tensor:
-        """[B, L, A] key(item features) of the long window; each distinct item is projected once
-        instead of once per behaviour"""
-        history = batch.history_items  # [B, L]
-        items, categories = self.embeddings.distinct_items(history.flatten(), batch.history_categories.flatten())  # [U]
-        projected = self.long_attention.key(self.embeddings.items(items, categories))  # [U, A]
-        projected = torch.cat([projected.new_zeros((1, projected.shape[1])), projected])  # row 0: padding
-        row_of = history.new_zeros(self.embeddings.item.num_embeddings)  # [V] item id -> row of projected
-        row_of[items] = torch.arange(1, len(items) + 1, device=history.device)
-        return projected[row_of[history]]  # [B, L, A]
+    def prepare_selection(self, embeddings, history: UserHistory, shared, cache, projected) -> _Keys:
+        attention = self.attention
+        if projected is not None:  # shared: the projected window already holds keys and user-item logits
+            width = attention.key.out_features
+            return _Keys(projected[..., :width], projected[..., 2 * width:])
+        # each distinct item is projected once instead of once per behaviour
+        items, categories = distinct_items(history.items.flatten(), history.categories.flatten(), embeddings.num_items)
+        projected_items = attention.key(embeddings.items(items, categories))  # [U, A]
+        projected_items = torch.cat([projected_items.new_zeros((1, projected_items.shape[1])), projected_items])
+        row_of = history.items.new_zeros(embeddings.num_items)  # [V] item id -> row of projected_items (0: padding)
+        row_of[items] = torch.arange(1, len(items) + 1, device=items.device)
+        keys = projected_items[row_of[history.items]]  # [N, L, A]
+        cross = attention.cross_logits(embeddings.cross(history.actions, history.time_gaps, history.mask))  # [N, L, H]
+        return _Keys(keys, cross)
 
     @torch.no_grad()  # as in ETA, retrieval only chooses; gradients reach the chosen through attention
-    def retrieve(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = self.history_keys(batch)  # [B, L, A]
-        cross = self.embeddings.cross(batch.history_actions, batch.history_time_gaps, batch.history_mask)  # [B, L, Dc]
-        scores = self.long_attention.logits(target, keys, cross).mean(1).squeeze(1)  # [B, H, 1, L] -> [B, L]
-        return score_top_k(scores, batch.history_mask, self.top_k)
+    def select(self, embeddings, history, selection: _Keys, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.attention.logits(candidates.vectors, selection.keys, selection.cross)  # [N, H, C, L]
+        return score_top_k(logits.mean(1), history.mask, self.top_k)  # [N, C, K]
+
+
+class TWIN(InterestModel):
+    def __init__(self, config: ModelConfig, vocab: Vocab):
+        super().__init__(config, vocab, long_width=config.attention_dim)
+        e = self.embeddings
+        self.long_interest = TwinRetrieval(
+            TwinAttention(e.item_dim, e.item_dim, e.behaviour_dim, config.attention_dim, config.heads), config.top_k)

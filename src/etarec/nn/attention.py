@@ -1,11 +1,13 @@
-"""Target attention: one query (the candidate item) over a set of behaviours.
+"""Target attention: candidate items as queries over a set of behaviours.
 
-Both variants take query [B, Dq], keys [B, K, Dk], mask [B, K] (True = real behaviour) and return
-an interest vector [B, A]; a row without any real behaviour gets the zero vector.
+Every variant has two halves. project(behaviours [..., L, Dk]) -> [..., L, P] acts on each
+behaviour alone; attend(query [N, C, Dq], projected [N, L, P], mask [N, L]) -> [N, C, A] lets C
+candidates attend over one set of L behaviours (a row without any real behaviour gives the zero
+vector). Because projection is per behaviour, a caller may project a whole history once and gather
+projected rows for each candidate (serving), or gather behaviours first and project only those
+(training, where only the retrieved behaviours should learn): both give the same interest.
 
-forward = attend(query, project(keys), mask). The projection acts on each behaviour alone, so a
-caller that shares one history across many candidates (serving) projects the history once and
-gathers projected rows per candidate instead of projecting k rows per candidate.
+forward(query [N, Dq], behaviours [N, K, Dk], mask [N, K]) -> [N, A] is the one-candidate case.
 """
 from __future__ import annotations
 
@@ -16,7 +18,18 @@ from etarec.config import ModelConfig
 from etarec.nn.mlp import MLP
 
 
-class MultiHeadTargetAttention(nn.Module):
+class TargetAttention(nn.Module):
+    def forward(self, query: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attend(query[:, None, :], self.project(behaviours), mask)[:, 0]
+
+    def project(self, behaviours: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MultiHeadTargetAttention(TargetAttention):
     """The ETA paper's softmax(Q K^T / sqrt(d_k)) V with H heads."""
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int):
@@ -26,20 +39,17 @@ class MultiHeadTargetAttention(nn.Module):
         self.key_value = nn.Linear(key_dim, 2 * attention_dim, bias=False)  # one GEMM for both
         self.output = nn.Linear(attention_dim, attention_dim)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.attend(query, self.project(keys), mask)
-
-    def project(self, keys: torch.Tensor) -> torch.Tensor:
-        """[..., K, Dk] behaviours -> [..., K, 2A] their keys and values side by side"""
-        return self.key_value(keys)
+    def project(self, behaviours: torch.Tensor) -> torch.Tensor:
+        """[..., L, Dk] -> [..., L, 2A] keys and values side by side"""
+        return self.key_value(behaviours)
 
     def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keys, values = projected.chunk(2, dim=-1)  # [B, K, A] each
-        scores = head_scores(self.query(query), keys, self.heads)  # [B, H, 1, K]
-        return self.output(pool_heads(scores, values, mask))
+        keys, values = projected.chunk(2, dim=-1)  # [N, L, A] each
+        scores = head_scores(self.query(query), keys, self.heads)  # [N, H, C, L]
+        return self.output(pool_heads(scores, values, mask))  # [N, C, A]
 
 
-class TwinAttention(nn.Module):
+class TwinAttention(TargetAttention):
     """TWIN's target attention (Chang et al., arXiv 2302.02352): the keys come from the item alone
     (item and category embeddings) and the behaviour's user-item features (action, time gap) add one
     logit per head. Item keys depend on the item only, so a retrieval stage can project each
@@ -55,42 +65,51 @@ class TwinAttention(nn.Module):
         self.cross = nn.Linear(cross_dim, heads, bias=False) if cross_dim else None
         self.output = nn.Linear(attention_dim, attention_dim)
 
-    def logits(self, query: torch.Tensor, item_keys: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        """query [B, Dq] candidates, item_keys [B, K, A] = key(item features), cross [B, K, Dc] user-item
-        features -> [B, H, 1, K] attention logits"""
-        scores = head_scores(self.query(query), item_keys, self.heads)  # [B, H, 1, K]
+    def cross_logits(self, cross: torch.Tensor) -> torch.Tensor:
+        """[..., L, Dc] user-item features -> [..., L, H] (H zeros when there are none)"""
         if self.cross is None:
-            return scores
-        return scores + self.cross(cross).transpose(1, 2)[:, :, None, :]  # [B, K, H] -> [B, H, 1, K]
+            return cross.new_zeros((*cross.shape[:-1], self.heads))
+        return self.cross(cross)
 
-    def forward(self, query: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        item_dim = self.key.in_features
-        items, cross = behaviours.split([item_dim, behaviours.shape[-1] - item_dim], dim=-1)
-        scores = self.logits(query, self.key(items), cross)  # [B, H, 1, K]
-        return self.output(pool_heads(scores, self.value(behaviours), mask))
+    def project(self, behaviours: torch.Tensor) -> torch.Tensor:
+        """[..., L, Db] -> [..., L, 2A + H]: item keys, values, user-item logits side by side"""
+        items, cross = behaviours.split([self.key.in_features, behaviours.shape[-1] - self.key.in_features], dim=-1)
+        return torch.cat([self.key(items), self.value(behaviours), self.cross_logits(cross)], dim=-1)
+
+    def logits(self, query: torch.Tensor, item_keys: torch.Tensor, cross_logits: torch.Tensor) -> torch.Tensor:
+        """query [N, C, Dq], item_keys [N, L, A] = key(item features), cross_logits [N, L, H]
+        -> [N, H, C, L] attention logits"""
+        scores = head_scores(self.query(query), item_keys, self.heads)  # [N, H, C, L]
+        return scores + cross_logits.transpose(1, 2)[:, :, None, :]  # [N, L, H] -> [N, H, 1, L]
+
+    def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        width = self.key.out_features
+        keys, values, cross = projected.split([width, width, self.heads], dim=-1)
+        return self.output(pool_heads(self.logits(query, keys, cross), values, mask))  # [N, C, A]
 
 
 def head_scores(query: torch.Tensor, keys: torch.Tensor, heads: int) -> torch.Tensor:
-    """Projected query [B, A] and keys [B, K, A] -> scaled dot products per head [B, H, 1, K]"""
-    batch, length, _ = keys.shape
-    q = query.view(batch, heads, 1, -1)  # [B, H, 1, dh]
-    k = keys.reshape(batch, length, heads, -1).transpose(1, 2)  # [B, H, K, dh]
+    """Projected queries [N, C, A] and keys [N, L, A] -> scaled dot products per head [N, H, C, L]"""
+    n, c, _ = query.shape
+    length = keys.shape[1]
+    q = query.view(n, c, heads, -1).transpose(1, 2)  # [N, H, C, dh]
+    k = keys.reshape(n, length, heads, -1).transpose(1, 2)  # [N, H, L, dh]
     return (q @ k.transpose(-1, -2)) / k.shape[-1] ** 0.5
 
 
 def pool_heads(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the real behaviours of each head's scores [B, H, 1, K], applied to that head's
-    slice of values [B, K, A] -> [B, A]"""
-    batch, length, _ = values.shape
-    v = values.reshape(batch, length, scores.shape[1], -1).transpose(1, 2)  # [B, H, K, dh]
-    mask = mask[:, None, None, :]  # one mask for every head
+    """Softmax over the real behaviours of each head's scores [N, H, C, L], applied to that head's
+    slice of values [N, L, A] -> [N, C, A]"""
+    n, heads, c, length = scores.shape
+    v = values.reshape(n, length, heads, -1).transpose(1, 2)  # [N, H, L, dh]
+    mask = mask[:, None, None, :]  # one mask for every head and candidate
     scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     # zeroing after the softmax makes an all-padding row contribute nothing instead of a mean
     weights = torch.softmax(scores, dim=-1) * mask
-    return (weights @ v).reshape(batch, -1)
+    return (weights @ v).transpose(1, 2).reshape(n, c, -1)  # [N, H, C, dh] -> [N, C, A]
 
 
-class DinAttention(nn.Module):
+class DinAttention(TargetAttention):
     """DIN's activation unit: an MLP scores [q, k, q - k, q * k]; weights are not softmax-normalised."""
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int, units: list[int], activation: str):
@@ -99,20 +118,19 @@ class DinAttention(nn.Module):
         self.key = nn.Linear(key_dim, attention_dim, bias=False)
         self.score = MLP(4 * attention_dim, units, 1, activation)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.attend(query, self.project(keys), mask)
+    def project(self, behaviours: torch.Tensor) -> torch.Tensor:
+        """[..., L, Dk] -> [..., L, A]"""
+        return self.key(behaviours)
 
-    def project(self, keys: torch.Tensor) -> torch.Tensor:
-        """[..., K, Dk] -> [..., K, A]"""
-        return self.key(keys)
-
-    def attend(self, query: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = self.query(query)[:, None, :].expand_as(k)  # [B, K, A]
-        weights = self.score(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1) * mask  # [B, K]
-        return (weights[:, :, None] * k).sum(1)  # [B, A]
+    def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, c, _ = query.shape
+        k = projected[:, None].expand(n, c, -1, -1)  # [N, C, L, A]
+        q = self.query(query)[:, :, None, :].expand_as(k)  # [N, C, L, A]
+        weights = self.score(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1) * mask[:, None, :]  # [N, C, L]
+        return (weights[..., None] * k).sum(2)  # [N, C, A]
 
 
-def target_attention(config: ModelConfig, query_dim: int, key_dim: int) -> nn.Module:
+def target_attention(config: ModelConfig, query_dim: int, key_dim: int) -> TargetAttention:
     """The configured attention (model.attention: multihead | din) from item to behaviour space."""
     if config.attention == "multihead":
         return MultiHeadTargetAttention(query_dim, key_dim, config.attention_dim, config.heads)

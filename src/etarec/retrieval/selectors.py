@@ -1,8 +1,9 @@
 """The baselines' ways of choosing behaviours from the long window, next to ETA's SimHash top-k.
 
 Top-k selectors follow simhash.hamming_top_k's contract: positions index the right-aligned window
-[B, L]; they return (index [B, K], found [B, K]) with K = min(k, L), best first; ties go to the
-more recent position; padding is never selected (it comes last, found=False).
+[N, L]; for C candidates per history row they return (index [N, C, K], found [N, C, K]) with
+K = min(k, L), best first; ties go to the more recent position; padding is never selected (it
+comes last, found=False).
 """
 from __future__ import annotations
 
@@ -19,34 +20,37 @@ def _recency(length: int, device: torch.device) -> torch.Tensor:
 
 def category_top_k(history_categories: torch.Tensor, history_mask: torch.Tensor, target_category: torch.Tensor,
                    k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SIM(hard) search: the behaviours whose category equals the target's, most recent first.
+    """SIM(hard) search: the behaviours whose category equals the candidate's, most recent first.
 
-    history_categories [B, L], history_mask [B, L], target_category [B].
+    history_categories [N, L], history_mask [N, L], target_category [N, C] -> [N, C, K].
     """
     length = history_categories.shape[1]
     recency = _recency(length, history_categories.device)  # [L]
-    match = history_mask & (history_categories == target_category[:, None])  # [B, L]
+    match = history_mask[:, None, :] & (history_categories[:, None, :] == target_category[:, :, None])  # [N, C, L]
     # one distinct integer per position: every match (key < L) before every non-match
-    order_key = torch.where(match, recency, length + recency)  # [B, L]
-    selected_key, index = torch.topk(order_key, min(k, length), dim=1, largest=False, sorted=True)
+    order_key = torch.where(match, recency, length + recency)  # [N, C, L]
+    selected_key, index = torch.topk(order_key, min(k, length), dim=-1, largest=False, sorted=True)
     return index, selected_key < length
 
 
 def inner_product_top_k(query: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
                         k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k by inner product (the ETA paper's ablation v3, and the reference its SimHash
-    retrieval is measured against). query [B, D], keys [B, L, D], key_mask [B, L]."""
-    return score_top_k((keys @ query[:, :, None]).squeeze(-1), key_mask, k)
+    retrieval is measured against). query [N, C, D], keys [N, L, D], key_mask [N, L] -> [N, C, K]."""
+    scores = (keys @ query.transpose(1, 2)).transpose(1, 2)  # [N, L, C] -> [N, C, L]
+    return score_top_k(scores, key_mask, k)
 
 
 def score_top_k(scores: torch.Tensor, key_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k real positions with the largest scores [B, L], equal scores newest first."""
-    length = scores.shape[1]
-    scores = scores.masked_fill(~key_mask, float("-inf"))  # real scores are finite: padding sorts last
+    """The k real positions with the largest scores [N, C, L] (key_mask [N, L]), equal scores
+    newest first -> (index, found) [N, C, K]."""
+    length = scores.shape[-1]
+    mask = key_mask[:, None, :].expand_as(scores)  # [N, C, L]
+    scores = scores.masked_fill(~mask, float("-inf"))  # real scores are finite: padding sorts last
     # a stable sort of the newest-first order keeps equal scores newest first (topk's tie order is unspecified)
-    newest_first = torch.sort(scores.flip(1), dim=1, descending=True, stable=True).indices[:, : min(k, length)]
-    index = length - 1 - newest_first  # [B, K] back to window positions
-    return index, torch.gather(key_mask, 1, index)
+    newest_first = torch.sort(scores.flip(-1), dim=-1, descending=True, stable=True).indices[..., : min(k, length)]
+    index = length - 1 - newest_first  # [N, C, K] back to window positions
+    return index, torch.gather(mask, -1, index)
 
 
 class BucketHash(SimHash):
@@ -67,11 +71,11 @@ class BucketHash(SimHash):
 
 def bucket_mean(query_buckets: torch.Tensor, key_buckets: torch.Tensor, values: torch.Tensor,
                 key_mask: torch.Tensor) -> torch.Tensor:
-    """SDIM's interest: per hash group, the behaviours in the target's bucket are summed and
+    """SDIM's interest: per hash group, the behaviours in the candidate's bucket are summed and
     l2-normalised; the groups are averaged. A group whose bucket holds no real behaviour adds zero.
 
-    query_buckets [B, G], key_buckets [B, L, G], values [B, L, D], key_mask [B, L] -> [B, D].
+    query_buckets [N, C, G], key_buckets [N, L, G], values [N, L, D], key_mask [N, L] -> [N, C, D].
     """
-    same = (key_buckets == query_buckets[:, None, :]) & key_mask[:, :, None]  # [B, L, G]
-    sums = torch.einsum("blg,bld->bgd", same.to(values.dtype), values)  # [B, G, D]
-    return functional.normalize(sums, dim=-1).mean(1)  # normalize leaves a zero sum at zero
+    same = (key_buckets[:, None] == query_buckets[:, :, None, :]) & key_mask[:, None, :, None]  # [N, C, L, G]
+    sums = torch.einsum("nclg,nld->ncgd", same.to(values.dtype), values)  # [N, C, G, D]
+    return functional.normalize(sums, dim=-1).mean(2)  # normalize leaves a zero sum at zero

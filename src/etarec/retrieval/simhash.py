@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from etarec.retrieval.fast_path import cpu_fast_path
+
 WORD_BITS = 64
 # SWAR popcount masks for 64-bit words (int64 literals of the usual 0x5555..., 0x3333..., 0x0f0f...)
 _M1 = 0x5555555555555555
@@ -55,8 +57,7 @@ def hamming(query_codes: torch.Tensor, key_codes: torch.Tensor) -> torch.Tensor:
     portable SWAR popcount needs a dozen tensor passes for (16 ms vs 265 ms for 4M words, one
     core). Other devices, and tracing for export, use the torch formulation.
     """
-    if query_codes.device.type == "cpu" and _HAS_BITWISE_COUNT and not torch.jit.is_tracing() \
-            and not torch.compiler.is_compiling():
+    if _HAS_BITWISE_COUNT and cpu_fast_path(query_codes):
         xor = np.bitwise_xor(query_codes.numpy()[:, None, :], key_codes.numpy()).view(np.uint64)
         return torch.from_numpy(np.bitwise_count(xor).sum(-1, dtype=np.int64))
     return hamming_torch(query_codes, key_codes)
@@ -98,8 +99,7 @@ def table_hamming_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, hi
     """
     from etarec.retrieval import native  # compiles the kernel on first use
 
-    if history_items.device.type == "cpu" and native.available() and not torch.jit.is_tracing() \
-            and not torch.compiler.is_compiling():
+    if cpu_fast_path(history_items) and native.available():
         return native.hamming_top_k_native(query_codes, table_codes, history_items, history_mask, k)
     return hamming_top_k(query_codes, table_codes[history_items], history_mask, k)
 

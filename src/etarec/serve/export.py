@@ -1,7 +1,8 @@
-"""`etarec export`: the request model as one ONNX graph, and its parity check on real samples.
+"""`etarec export`: the model's serving path as one ONNX graph, and its parity check on real samples.
 
-The graph is serve/request_model.py without the item cache: it embeds and hashes the request's
-items itself, so the retrieval (sign product + TopK) runs inside the graph as in the model.
+The graph is the model's own user side and candidate side (models/base.py, shared=True) without
+the item cache: it embeds and hashes the request's items itself, so the retrieval (for ETA: sign
+product + TopK) runs inside the graph as in the model.
 Inputs (int64 unless noted; N requests, L behaviours, C candidates, all three axes dynamic):
     user [N], user_profile [N, P], history_items / history_categories / history_actions /
     history_time_gaps [N, L], history_mask [N, L] bool, candidate_items / candidate_categories [N, C]
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from etarec.data.batch import Batch
+from etarec.data.batch import Batch, UserHistory
 from etarec.errors import EtarecError
-from etarec.serve.request_model import RequestModel
 from etarec.store.checkpoint import load_checkpoint
 
 INPUTS = ("user", "user_profile", "history_items", "history_categories", "history_actions", "history_time_gaps",
@@ -34,16 +34,18 @@ TOLERANCE = 1e-5  # largest |probability difference| the parity check accepts
 
 
 class RequestGraph(nn.Module):
-    """RequestModel with named inputs (the export maps them to graph inputs) and both outputs."""
+    """The model's serving path with named inputs (the export maps them to graph inputs) and both outputs."""
 
-    def __init__(self, request_model: RequestModel):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.request_model = request_model
+        self.model = model
 
     def forward(self, user, user_profile, history_items, history_categories, history_actions, history_time_gaps,
                 history_mask, candidate_items, candidate_categories):
-        logits = self.request_model(user, user_profile, history_items, history_categories, history_actions,
-                                    history_time_gaps, history_mask, candidate_items, candidate_categories)
+        history = UserHistory(user, user_profile, history_items, history_categories, history_actions,
+                              history_time_gaps, history_mask)
+        side = self.model.user_side(history, shared=True)
+        logits = self.model.candidate_logits(side, candidate_items, candidate_categories)  # [N, C]
         return logits, torch.sigmoid(logits)
 
 
@@ -59,7 +61,7 @@ def export_onnx(folder: str | Path, out: str | Path) -> Path:
     """Write the checkpoint in `folder` as an ONNX graph to `out` (atomically); returns `out`."""
     _require("onnx", "onnxscript")
     model, config, _ = load_checkpoint(Path(folder))
-    graph = RequestGraph(RequestModel(model, config.model)).eval()
+    graph = RequestGraph(model).eval()
     # example shapes only fix the trace; every axis below is dynamic
     example = _example(model, config.model.short_len + 3, candidates=3)
     batch, history, candidates = (torch.export.Dim(name) for name in ("batch", "history", "candidates"))
@@ -139,7 +141,7 @@ def request_inputs(batch: Batch) -> dict[str, torch.Tensor]:
 
 def _example(model: nn.Module, length: int, candidates: int) -> dict[str, torch.Tensor]:
     """Small valid inputs (N = 2) for tracing; distinct tensors (the exporter merges aliased inputs)."""
-    profiles = len(model.embeddings.profiles)
+    profiles = model.embeddings.num_profiles
 
     def ids(count: int) -> torch.Tensor:
         return torch.full((2, count), 2)  # item / category 2: the first real one

@@ -5,9 +5,11 @@
     scores.probabilities  # [B] float32, in candidate order; scores.warnings: what was assumed
 
 Requests speak raw ids; the checkpoint's catalog maps them to the model's indices (unknown ids ->
-the out-of-vocabulary item, with a warning). The user side runs once per request and the
-candidates in chunks (serve/request_model.py): chunks keep every intermediate tensor small enough
-to be reused from the allocator instead of page-faulted in fresh each request.
+the out-of-vocabulary item, with a warning). The model's own user side runs once per request
+(`model.user_side(history, shared=True)`) and its candidate side over the candidates in chunks
+(`model.candidate_logits`): the code that trains is the code that serves. Chunks keep every
+intermediate tensor small enough to be reused from the allocator instead of page-faulted in fresh
+each request. The model's item cache (ETA: every item's signature) is filled once at load.
 
 Parallelism: `threads` worker threads take the user side and then whole chunks, each running
 torch single-threaded (torch.set_num_threads(1) in each worker; torch then also gives threads
@@ -31,7 +33,8 @@ import torch
 from etarec.config import Config
 from etarec.errors import EtarecError
 from etarec.store.catalog import Catalog
-from etarec.serve.request_model import RequestModel, UserSide
+from etarec.data.batch import UserHistory
+from etarec.models.base import UserSide
 from etarec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 CANDIDATE_CHUNK = 128  # candidates per pass: [128, K, P] gathers stay in cache
@@ -84,11 +87,14 @@ class Scorer:
         self.config = config
         self.catalog = catalog
         self.version = version
-        self.request_model = RequestModel(model, config.model, torch.from_numpy(catalog.item_category)).eval()
-        features = self.request_model.embeddings
-        self.uses_time = features.time_gap is not None
-        self.uses_action = features.action is not None
-        self.uses_user = features.user is not None
+        self.model = model.eval()
+        item_category = torch.from_numpy(catalog.item_category)
+        self.cache = model.item_cache()
+        if self.cache is not None:
+            with torch.inference_mode():
+                self.cache.fill(torch.arange(len(item_category)), item_category)
+        embeddings = model.embeddings
+        self.uses_time, self.uses_action, self.uses_user = embeddings.uses_time, embeddings.uses_action, embeddings.uses_user
         self.threads = threads or torch.get_num_threads()
         self._pool = ThreadPoolExecutor(self.threads, initializer=torch.set_num_threads, initargs=(1,),
                                         thread_name_prefix="etarec-scorer")
@@ -103,7 +109,7 @@ class Scorer:
                 f"checkpoint {Path(folder) / CHECKPOINT_FILE} has no catalog (raw ids of items and users), "
                 "so requests cannot be mapped to the model; train it again with this etarec version")
         catalog = Catalog(payload["catalog"])
-        if catalog.num_items != model.embeddings.item.num_embeddings:
+        if catalog.num_items != model.embeddings.num_items:
             raise EtarecError(f"checkpoint {Path(folder) / CHECKPOINT_FILE} is inconsistent: its catalog and "
                               "its item table differ in size; train it again")
         digest = hashlib.sha256((Path(folder) / CHECKPOINT_FILE).read_bytes()).hexdigest()[:12]
@@ -129,9 +135,10 @@ class Scorer:
                             f"item: {_listed(found.unknown)}")
         items = torch.from_numpy(found.index)[None, :]  # [1, B]
         categories = torch.from_numpy(self.catalog.item_category[found.index])[None, :]
-        user = (torch.tensor([user_index]), torch.from_numpy(self.catalog.user_profiles[[user_index]]), *columns)
+        history = UserHistory(torch.tensor([user_index]), torch.from_numpy(self.catalog.user_profiles[[user_index]]),
+                              *columns)
         # all torch work runs in the workers, so no thread of this process runs torch multi-threaded
-        side = self._pool.submit(self._user_side, user).result()
+        side = self._pool.submit(self._user_side, history).result()
         chunks = [(side, items[:, start:start + CANDIDATE_CHUNK], categories[:, start:start + CANDIDATE_CHUNK])
                   for start in range(0, items.shape[1], CANDIDATE_CHUNK)]
         logits = torch.cat(list(self._pool.map(self._chunk_logits, chunks)), dim=1)  # [1, B]
@@ -139,12 +146,12 @@ class Scorer:
 
     # inference mode per call: it is thread-local, and these run in the workers
     @torch.inference_mode()
-    def _user_side(self, user: tuple) -> UserSide:
-        return self.request_model.user_side(*user)
+    def _user_side(self, history: UserHistory) -> UserSide:
+        return self.model.user_side(history, shared=True, cache=self.cache)
 
     @torch.inference_mode()
     def _chunk_logits(self, chunk: tuple) -> torch.Tensor:
-        return self.request_model.candidate_logits(*chunk)
+        return self.model.candidate_logits(*chunk)
 
     def _user(self, user, warnings: list[str]) -> int:
         if user is None:

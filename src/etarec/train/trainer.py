@@ -50,12 +50,13 @@ def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_siz
     """(probabilities [N], inference samples/s) over a split, in sample order."""
     model.eval()
     device = next(model.parameters()).device
+    cache = model.item_cache()  # the weights hold still here: each item's signature is hashed once
     outputs = []
     started = time.perf_counter()
     batches = builder.batches(samples, batch_size)
     total = math.ceil(len(samples) / batch_size)
     for batch in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
-        outputs.append(torch.sigmoid(model(batch.to(device))).cpu())
+        outputs.append(torch.sigmoid(model(batch.to(device), cache)).cpu())
     seconds = time.perf_counter() - started
     probabilities = torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
     return probabilities, len(samples) / max(seconds, 1e-9)

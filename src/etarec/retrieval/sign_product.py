@@ -1,8 +1,8 @@
 """Hamming top-k as one matrix product of +-1 signs, for many candidates sharing one history.
 
-The model's retrieval (retrieval/simhash.py) XORs packed words per (candidate, behaviour) pair. In
-a request all candidates share the history, so every distance comes out of one product of sign
-vectors: hamming = (m - s_q . s_k) / 2. The product is exact (every partial sum is an integer of
+Training retrieves for one candidate per history row (retrieval/simhash.py: XOR + popcount of
+packed words, per pair). In a request all C candidates share the history, so every distance comes
+out of one product of sign vectors: hamming = (m - s_q . s_k) / 2. The product is exact (every partial sum is an integer of
 at most m), runs on the BLAS, and exports to ONNX as MatMul + TopK, where int64 shifts and popcount
 have no operator. The order is the model's: distance first, ties to the more recent behaviour,
 padding last.
@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+from etarec.retrieval.fast_path import cpu_fast_path
 
 # float32 holds every integer below 2^24 exactly; the sort keys below stay under this bound
 _FLOAT32_EXACT = 2**24
@@ -85,7 +87,7 @@ def smallest(keys: torch.Tensor, k: int) -> torch.Tensor:
     numpy's partition (a SIMD introselect) is 3 to 9 times faster than torch.topk on CPU for rows
     of 10^3 to 10^4 keys; an export traces torch.topk, which becomes ONNX TopK.
     """
-    if keys.device.type != "cpu" or torch.compiler.is_exporting() or torch.jit.is_tracing():
+    if not cpu_fast_path(keys):
         return torch.topk(keys, k, dim=-1, largest=False, sorted=True).values
     part = np.partition(keys.numpy(), k - 1, axis=-1)[..., :k]
     part.sort(axis=-1)
