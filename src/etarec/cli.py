@@ -45,26 +45,12 @@ def _train(args) -> None:
 
 
 def _evaluate(args) -> None:
-    import yaml
-
     from etarec.data.batch import BatchBuilder
     from etarec.data.prepare import ensure_prepared
     from etarec.store.checkpoint import load_checkpoint
     from etarec.train.trainer import evaluate_split
 
-    folder = Path(args.checkpoint)
-    config_file = folder / "config.yaml"
-    expected = None
-    if config_file.is_file():
-        try:
-            raw = yaml.safe_load(config_file.read_text()) or {}
-        except yaml.YAMLError:
-            raw = None
-        if not isinstance(raw, dict) or not isinstance(raw.get("model") or {}, dict):
-            raise EtarecError(f"{config_file} is corrupt (not a YAML mapping with a model section); "
-                              "copy the run folder again or re-run training")
-        expected = (raw.get("model") or {}).get("name")
-    model, config, _ = load_checkpoint(folder, expected_model=expected)
+    model, config, _ = load_checkpoint(Path(args.checkpoint))  # checks it against the run's config.yaml
     data = ensure_prepared(config.data)
     builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
     metrics = evaluate_split(model, builder, data.splits[args.split], config.train.eval_batch_size,
