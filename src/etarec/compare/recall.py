@@ -9,9 +9,12 @@ import torch
 
 from etarec.atomic import write_text_atomically
 from etarec.compare.plan import Run
+from etarec.config import ModelConfig
 from etarec.data.batch import BatchBuilder
 from etarec.data.prepared import Samples
-from etarec.models import model_class
+from etarec.models import build_model
+from etarec.models.base import RetrievedAttention
+from etarec.nn.embeddings import Vocab
 from etarec.retrieval.selectors import inner_product_top_k
 from etarec.store.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
@@ -30,10 +33,11 @@ def retrieval_recall(model: torch.nn.Module, builder: BatchBuilder, samples: Sam
     hits = total = 0
     for start in range(0, len(chosen), batch_size):
         batch = builder.build(samples, chosen[start : start + batch_size])
-        target = model.embeddings.items(batch.target_item, batch.target_category)  # [B, item_dim]
-        index, found = model.retrieve(batch, target)  # [B, K]
+        index, found = model.retrieve(batch)  # [B, K]
+        target = model.embeddings.items(batch.target_item, batch.target_category)[:, None]  # [B, 1, item_dim]
         keys = model.embeddings.items(batch.history_items, batch.history_categories)  # [B, L, item_dim]
-        exact, exact_found = inner_product_top_k(target, keys, batch.history_mask, index.shape[1])  # [B, K]
+        exact, exact_found = (part[:, 0] for part in  # [B, K]
+                              inner_product_top_k(target, keys, batch.history_mask, index.shape[1]))
         choosing = batch.history_mask.sum(1) > index.shape[1]  # [B]
         retrieved = torch.zeros_like(batch.history_mask).scatter_(1, index, found)  # [B, L]
         hits += int((retrieved.gather(1, exact) & exact_found)[choosing].sum())
@@ -41,9 +45,11 @@ def retrieval_recall(model: torch.nn.Module, builder: BatchBuilder, samples: Sam
     return hits / total if total else None
 
 
-def retrieves(model_name: str) -> bool:
-    """Whether the model selects behaviours from its long window, so that recall has a meaning."""
-    return hasattr(model_class(model_name), "retrieve")
+def retrieves(config: ModelConfig) -> bool:
+    """Whether the model selects behaviours from its long window (what retrieve() returns), so that
+    recall has a meaning: asked of the model built on a tiny vocabulary, without weights or data."""
+    model = build_model(config, Vocab(num_users=2, num_items=2, num_categories=2, num_actions=2))
+    return isinstance(model.long_interest, RetrievedAttention)
 
 
 def run_recall(run: Run, data, metrics: dict, say) -> float | None:
@@ -58,7 +64,7 @@ def run_recall(run: Run, data, metrics: dict, say) -> float | None:
             return saved["recall"]
     except (OSError, json.JSONDecodeError):
         pass
-    if not retrieves(run.config.model.name):
+    if not retrieves(run.config.model):
         return None
     if not (run.folder / CHECKPOINT_FILE).is_file():
         say(f"{run.describe()}: no retrieval recall, its weights ({CHECKPOINT_FILE}) are not in {run.folder}")
