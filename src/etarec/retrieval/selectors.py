@@ -47,8 +47,11 @@ def score_top_k(scores: torch.Tensor, key_mask: torch.Tensor, k: int) -> tuple[t
     length = scores.shape[-1]
     mask = key_mask[:, None, :].expand_as(scores)  # [N, C, L]
     scores = scores.masked_fill(~mask, float("-inf"))  # real scores are finite: padding sorts last
-    # a stable sort of the newest-first order keeps equal scores newest first (topk's tie order is unspecified)
-    newest_first = torch.sort(scores.flip(-1), dim=-1, descending=True, stable=True).indices[..., : min(k, length)]
+    newest = scores.flip(-1)  # [N, C, L] position 0 = the most recent
+    if torch.compiler.is_exporting():  # ONNX has no stable sort; its TopK breaks ties to the lower index
+        newest_first = torch.topk(newest, min(k, length), dim=-1, sorted=True).indices
+    else:  # a stable sort keeps equal scores newest first (torch.topk's tie order is unspecified)
+        newest_first = torch.sort(newest, dim=-1, descending=True, stable=True).indices[..., : min(k, length)]
     index = length - 1 - newest_first  # [N, C, K] back to window positions
     return index, torch.gather(mask, -1, index)
 
@@ -66,7 +69,8 @@ class BucketHash(SimHash):
         """[..., D] float -> [..., m / tau] int64 bucket ids"""
         bits = (embeddings.detach() @ self.projection > 0).to(torch.int64)  # [..., m]
         groups = bits.view(*bits.shape[:-1], -1, self.tau)  # [..., G, tau]
-        return (groups << torch.arange(self.tau, device=bits.device)).sum(-1)  # [..., G]
+        powers = 2 ** torch.arange(self.tau, device=bits.device)  # [tau] (a product, not a shift: ONNX shifts only unsigned)
+        return (groups * powers).sum(-1)  # [..., G]
 
 
 def bucket_mean(query_buckets: torch.Tensor, key_buckets: torch.Tensor, values: torch.Tensor,
