@@ -21,7 +21,7 @@ from etarec.data.encode import encode
 from etarec.data.prepare import prepare
 from etarec.data.prepared import load_prepared
 from etarec.data.protocol import SAMPLE_COLUMNS, rating_protocol
-from etarec.data.schema import SPLITS, RawEvents
+from etarec.data.schema import ITEM_ORDER, SIMULTANEOUS, SPLITS, RawEvents
 from etarec.data.taobao import WINDOW
 from etarec.errors import EtarecError
 
@@ -49,12 +49,15 @@ def make_events(seed: int = 7) -> pd.DataFrame:
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def reference_sequences(frame: pd.DataFrame) -> dict[str, list[tuple[int, int, int]]]:
-    """Slow pure-Python reference: raw user -> [(timestamp, item, label)] in (timestamp, item) order."""
+def reference_sequences(frame: pd.DataFrame, ties: str = ITEM_ORDER) -> dict[str, list[tuple[int, int, int]]]:
+    """Slow pure-Python reference: raw user -> [(timestamp, item, label)] in (timestamp, item) order
+    (ITEM_ORDER, the MovieLens protocol) or in timestamp order with ties in file order (SIMULTANEOUS)."""
     by_user: dict[str, list] = defaultdict(list)
     for user, item, ts, label in zip(frame["user"], frame["item"], frame["timestamp"], frame["label"]):
         by_user[str(user)].append((int(ts), int(item), int(label)))
-    return {user: sorted(events) for user, events in by_user.items()}
+    if ties == ITEM_ORDER:
+        return {user: sorted(events) for user, events in by_user.items()}
+    return {user: sorted(events, key=lambda event: event[0]) for user, events in by_user.items()}  # stable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -63,8 +66,9 @@ def reference_sequences(frame: pd.DataFrame) -> dict[str, list[tuple[int, int, i
 
 
 def test_rating_protocol_split_rule_and_time_order():
+    """The documented MovieLens protocol (ties=ITEM_ORDER): (timestamp, item) order, split by events."""
     frame = make_events()
-    encoded = encode(RawEvents("constructed", frame))
+    encoded = encode(RawEvents("constructed", frame, ties=ITEM_ORDER))
     splits = rating_protocol(encoded.events, threshold=4.0)
     user_raw = encoded.user_raw_ids
     item_raw = encoded.item_raw_ids
@@ -109,7 +113,7 @@ def test_rating_protocol_split_rule_and_time_order():
 def test_rating_protocol_labels_from_rating_threshold():
     frame = pd.DataFrame({"user": [1, 1, 1, 1], "item": [10, 11, 12, 13], "timestamp": [1, 2, 3, 4],
                           "action": [3.5, 4.0, 5.0, 1.0]})
-    splits = rating_protocol(encode(RawEvents("r", frame)).events, threshold=4.0)
+    splits = rating_protocol(encode(RawEvents("r", frame, ties=ITEM_ORDER)).events, threshold=4.0)
     labels = pd.concat([splits[s] for s in SPLITS]).sort_values("position")["label"].tolist()
     assert labels == [0, 1, 1, 0]
 
@@ -136,17 +140,19 @@ def test_batches_leak_no_future_event(tmp_path, long_len, short_len):
     user_raw = pq.read_table(out / "users.parquet", columns=["raw_id"])["raw_id"].to_pylist()
     items = pq.read_table(out / "items.parquet").to_pandas()
     item_raw = items["raw_id"].tolist()
-    reference = reference_sequences(frame)
+    reference = reference_sequences(frame, SIMULTANEOUS)  # own events: ties keep file order
     seq = data.sequences
 
     checked = 0
     builder = BatchBuilder(data, long_len=long_len, short_len=short_len)
     for split in SPLITS:
         samples = data.splits[split]
-        # straight from the flat sequences: no history event is later than the request
+        # straight from the flat sequences: every history event is earlier than the request (a
+        # simultaneous one is not history), and every earlier event of the user is in it
         for u, p, t in zip(samples.user, samples.position, samples.timestamp):
             history_ts = seq.timestamp[seq.offsets[u] : seq.offsets[u] + p]
-            assert (history_ts <= t).all()
+            assert (history_ts < t).all()
+            assert (seq.timestamp[seq.offsets[u] + p : seq.offsets[u + 1]] >= t).all()
         index = 0  # batches are in sample order when not shuffled
         for batch in builder.batches(samples, batch_size=7):
             assert batch.history_items.shape[1] == long_len
@@ -157,9 +163,10 @@ def test_batches_leak_no_future_event(tmp_path, long_len, short_len):
                 target_item = int(item_raw[int(batch.target_item[b])])
                 events = reference[user]
                 j = [(ts, item) for ts, item, _ in events].index((request, target_item))
-                assert int(samples.position[index]) == j
                 assert float(batch.labels[b]) == events[j][2]
-                history = events[max(0, j - long_len) : j]  # the last L events strictly before it
+                earlier = [event for event in events if event[0] < request]  # in file order within a second
+                assert int(samples.position[index]) == len(earlier)
+                history = earlier[-long_len:]  # the last L events strictly before its timestamp
                 pad = long_len - len(history)
 
                 assert batch.history_mask[b].tolist() == [False] * pad + [True] * len(history)  # left padding
@@ -170,9 +177,8 @@ def test_batches_leak_no_future_event(tmp_path, long_len, short_len):
                 assert got_items == [item for _, item, _ in history]
                 gaps = batch.history_time_gaps[b, pad:].tolist()
                 assert gaps == [request - ts for ts, _, _ in history]
-                assert all(ts <= request for ts, _, _ in history)
-                # the target event itself is never in its own history
-                assert not any(g == 0 and i == target_item for g, i in zip(gaps, got_items))
+                assert all(ts < request for ts, _, _ in history)
+                assert 0 not in gaps  # neither the target event nor a simultaneous one is its own history
                 # categories follow the items
                 categories = items["category"].to_numpy()
                 assert batch.history_categories[b, pad:].tolist() == categories[batch.history_items[b, pad:].numpy()].tolist()
@@ -254,18 +260,20 @@ def test_ml100k_profiles(tmp_path):
 
 
 def read_behaviour_csvs(paths) -> tuple[dict[int, list[tuple[int, int, int]]], int, int]:
-    """Pure-Python reference: user -> [(timestamp, item, category)] in window, in (timestamp, item)
-    order; plus the numbers of rows kept and dropped by the window."""
-    by_user, kept, dropped = defaultdict(set), 0, 0
+    """Pure-Python reference: user -> [(timestamp, item, category)] in window, in timestamp order
+    with ties in file order (exact duplicate lines counted once, at their first copy); plus the
+    numbers of rows kept and dropped by the window."""
+    by_user, kept, dropped = defaultdict(dict), 0, 0
     for path in paths:
         with open(path, newline="") as handle:
             for user, item, category, _behaviour, ts in csv.reader(handle):
                 if WINDOW[0] <= int(ts) < WINDOW[1]:
-                    by_user[int(user)].add((int(ts), int(item), int(category), _behaviour))
+                    by_user[int(user)].setdefault((int(ts), int(item), int(category), _behaviour), None)
                     kept += 1
                 else:
                     dropped += 1
-    ordered = {user: sorted((ts, item, cat) for ts, item, cat, _ in events) for user, events in by_user.items()}
+    ordered = {user: sorted(((ts, item, cat) for ts, item, cat, _ in events), key=lambda e: e[0])
+               for user, events in by_user.items()}
     return ordered, kept, dropped
 
 
@@ -285,14 +293,14 @@ def check_last_behaviour(out: Path, reference: dict[int, list[tuple[int, int, in
         for user, group in table.groupby("user"):
             raw_user = int(raw_user_of[user])
             events = reference[raw_user]
-            assert len(events) >= 2
             assert sorted(group["label"].tolist()) == [0, 1], f"user {raw_user}: one positive, one negative"
             positive = group[group["label"] == 1].iloc[0]
             negative = group[group["label"] == 0].iloc[0]
-            # the positive is the last behaviour, its history everything before it
+            # the positive is the last behaviour (the last line of its second), its history everything
+            # before its second: behaviours of the same second are simultaneous, not history
             last_ts, last_item, _ = events[-1]
             assert int(item_raw[positive["item"]]) == last_item and positive["timestamp"] == last_ts
-            assert positive["position"] == len(events) - 1
+            assert positive["position"] == sum(ts < last_ts for ts, _, _ in events) > 0
             sequence = [int(item_raw[i]) for i in users["item"][user]]
             assert sequence == [item for _, item, _ in events]
             assert list(users["timestamp"][user]) == [ts for ts, _, _ in events]
@@ -304,8 +312,8 @@ def check_last_behaviour(out: Path, reference: dict[int, list[tuple[int, int, in
             if per_category[positive["category"]] > 1:
                 assert negative["category"] == positive["category"]
             seen.add(raw_user)
-    # every user with >= 2 behaviours in the window gives samples, nobody else
-    assert seen == {user for user, events in reference.items() if len(events) >= 2}
+    # every user with behaviours at >= 2 seconds in the window gives samples, nobody else
+    assert seen == {user for user, events in reference.items() if len({ts for ts, _, _ in events}) >= 2}
     assert not users_of_split["train"] & users_of_split["valid"]
     assert not users_of_split["train"] & users_of_split["test"]
     assert not users_of_split["valid"] & users_of_split["test"]
@@ -325,7 +333,7 @@ def test_taobao_fixture_last_behaviour_protocol(tmp_path):
     data = load_prepared(out)
     assert (data.sequences.timestamp >= WINDOW[0]).all() and (data.sequences.timestamp < WINDOW[1]).all()
     users_of_split = check_last_behaviour(out, reference)
-    n_users = len(reference)
+    n_users = sum(len({ts for ts, _, _ in events}) >= 2 for events in reference.values())
     n_held = max(1, round(0.1 * n_users))
     assert {s: len(u) for s, u in users_of_split.items()} == {
         "train": n_users - 2 * n_held, "valid": n_held, "test": n_held}
@@ -390,6 +398,8 @@ def test_events_csv_and_parquet_with_mapped_columns_agree(tmp_path, capsys):
         assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
     meta_a, meta_b = (json.loads((f / "meta.json").read_text()) for f in (a, b))
     assert meta_a.pop("fingerprint")["path"] != meta_b.pop("fingerprint")["path"]
+    assert [entry["path"] for entry in meta_a.pop("inputs")] == [str(csv_path.resolve())]
+    assert [entry["path"] for entry in meta_b.pop("inputs")] == [str(parquet_path.resolve())]
     assert meta_a == meta_b
     # the mapping was used: labels come from 'lbl', items from 'iid'
     assert meta_a["protocol"] == "rating" and meta_a["num_events"] == len(frame)
@@ -407,7 +417,8 @@ def test_events_without_label_use_last_behaviour_protocol(tmp_path):
                   tmp_path / "out", log=lambda *_: None)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["protocol"] == "last_behaviour"
-    n_users = sum(1 for _, g in frame.groupby("user") if len(g) >= 2)
+    # a user gives samples when its events span two or more timestamps (its last one has history)
+    n_users = sum(1 for _, g in frame.groupby("user") if g["timestamp"].nunique() >= 2)
     assert sum(sample_counts(out).values()) == 2 * n_users
 
 
@@ -422,9 +433,6 @@ def test_prepare_replaces_an_existing_dataset_atomically(tmp_path):
     small = make_events()[lambda f: f["user"].isin(["u5", "u15"])]
     prepare_events(small, tmp_path / "raw_a", out)
     assert sum(sample_counts(out).values()) == 20
-    # leftovers from the old dataset must not survive
-    (out / "stale.txt").write_text("old")
-    (out / "samples" / "extra.parquet").write_bytes(b"old")
 
     large = make_events()
     prepare_events(large, tmp_path / "raw_b", out)
@@ -444,3 +452,10 @@ def test_prepare_replaces_an_existing_dataset_atomically(tmp_path):
                 out, log=lambda *_: None)
     assert (out / "meta.json").read_text() == before
     assert sorted(p.name for p in parent.iterdir()) == ["data"]
+
+    # a file someone put into the dataset folder is theirs: the dataset is no longer replaced
+    (out / "samples" / "notes.txt").write_text("mine")
+    with pytest.raises(EtarecError, match=r"also holds files etarec did not write \(samples/notes.txt\)"):
+        prepare_events(small, tmp_path / "raw_c", out)
+    assert (out / "samples" / "notes.txt").read_text() == "mine"
+    assert (out / "meta.json").read_text() == before

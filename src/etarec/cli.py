@@ -33,15 +33,48 @@ def _train(args) -> None:
     from etarec.train.trainer import resume, train
 
     if args.resume:
-        if args.config or args.set or args.out:
+        if args.config or args.set or args.out or args.overwrite:
             raise EtarecError("--resume DIR continues the run with the config saved in DIR; "
-                              "drop --config/--set/--out, or start a new run without --resume")
+                              "drop --config/--set/--out/--overwrite, or start a new run without --resume")
         resume(args.resume, progress=not args.no_progress)
         return
     if not (args.config and args.out):
         raise EtarecError("train needs --config and --out (or --resume DIR to continue a run)")
     config = load_config(args.config, args.set)
+    _check_run_folder(Path(args.out), args.overwrite)
+    _check_data(config)
     train(config, args.out, progress=not args.no_progress)
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """`train --out`: a folder (new, or one to train into); a finished or resumable run only with --overwrite."""
+    from etarec.data.files import folder_problem
+
+    problem = folder_problem(out)
+    if problem:
+        raise EtarecError(f"--out {problem}; pass a folder for the run (a new one, or an existing folder)")
+    if overwrite:
+        return
+    if (out / "metrics.json").is_file():
+        raise EtarecError(f"--out {out} holds a finished run (metrics.json); pass --overwrite to train it again "
+                          "from scratch, or choose a new folder")
+    if (out / "state.pt").is_file():
+        raise EtarecError(f"--out {out} holds an unfinished run (state.pt); continue it with --resume {out}, "
+                          "or pass --overwrite to start it again from scratch")
+
+
+def _check_data(config) -> None:
+    """An unknown dataset fails here, before the run folder is made; +time without real times warns."""
+    import os
+
+    from etarec.data.datasets import get_dataset
+    from etarec.data.files import print_warning
+
+    dataset = get_dataset(config.data.dataset)
+    if config.model.use_time and not dataset.has_timestamps(config.data) and os.environ.get("RANK", "0") == "0":
+        print_warning(f"model.use_time is on but dataset '{dataset.name}' has no timestamps here "
+                      f"({'LongCTR has none' if dataset.name == 'longctr' else 'data.columns.timestamp is not mapped'}): "
+                      "every time gap is 0, so +time carries nothing; map a timestamp column or set model.use_time=false")
 
 
 def _evaluate(args) -> None:
@@ -76,17 +109,34 @@ def _serve(args) -> None:
     from etarec.serve.scorer import Scorer
 
     try:
-        from etarec.serve.service import Limits, check_port, serve
+        from etarec.serve.service import Limits, Workers, available_cores, check_port, create_app, serve
     except ImportError as error:
         raise EtarecError(f"etarec serve needs {error.name}; install it with: pip install 'etarec[serve]'") from None
-    limits = Limits(args.max_candidates, args.max_history)
-    scorer = Scorer.load(args.checkpoint, args.threads)  # a bad checkpoint fails here, before the port opens
+    limits = Limits(args.max_candidates, args.max_history, args.queue)
+    count = available_cores() if args.workers is None else args.workers
+    if count < 0:
+        raise EtarecError(f"--workers {count}: give a number of scoring processes, or 0 to score in the service process")
     check_port(args.host, args.port)
-    print(f"etarec serve: {scorer.version} on http://{args.host}:{args.port}")
-    serve(scorer, args.host, args.port, limits)
+    # a bad checkpoint fails here, in one line, before the port opens
+    if count == 0:
+        app = create_app(Scorer.load(args.checkpoint, args.threads), limits)
+        how = "scoring in this process, one request at a time"
+    else:
+        app = create_app(None, limits, Workers(Path(args.checkpoint), count, args.threads or 1))
+        how = f"{count} scoring worker(s), queue {limits.queue}"
+    print(f"etarec serve: {app.state.version} on http://{args.host}:{args.port} ({how})")
+    serve(app, args.host, args.port)
 
 
 def _export(args) -> None:
+    from etarec.data.files import folder_problem
+
+    target = Path(args.out)
+    if target.is_dir():
+        raise EtarecError(f"--out {target} is a folder; pass the .onnx file to write, e.g. --out {target / 'model.onnx'}")
+    problem = folder_problem(target.parent)
+    if problem:
+        raise EtarecError(f"cannot write --out {target}: {problem}; choose a path inside a folder")
     from etarec.serve.export import check_onnx, export_onnx
 
     out = export_onnx(args.checkpoint, args.out)
@@ -97,14 +147,17 @@ def _export(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etarec.data.datasets import dataset_names
+
     parser = argparse.ArgumentParser(prog="etarec", description="CTR prediction with long behaviour sequences (ETA and baselines)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = commands.add_parser("prepare", help="raw events -> the canonical Parquet dataset")
-    prepare.add_argument("--dataset", choices=["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events", "longctr"])
+    prepare.add_argument("--dataset", choices=dataset_names())
     prepare.add_argument("--path", help="raw data folder or file (default: bundled data or ../shared/data)")
     prepare.add_argument("--config", help="take the data section from this YAML config")
-    prepare.add_argument("--out", help="output folder (default: prepared/<dataset>)")
+    prepare.add_argument("--out", help="output folder (default: prepared/<dataset>): new, empty, or a prepared "
+                         "dataset to replace; any other existing path is refused, never deleted")
     prepare.add_argument("--stream", action="store_true",
                          help="Taobao only: stream the CSVs with bounded memory (any size; malformed lines are counted and dropped)")
     prepare.set_defaults(run=_prepare)
@@ -113,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. model.top_k=32")
     train.add_argument("--out", help="run folder: config.yaml, model.pt, state.pt, metrics.json")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train into --out even when it holds a finished (or unfinished) run, replacing it")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its state.pt (after a crash or kill)")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_train)
@@ -133,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-candidates", type=int, default=4096, help="larger requests get 413")
     serve.add_argument("--max-history", type=int, default=100_000, help="larger requests get 413")
-    serve.add_argument("--threads", type=int, help="worker threads per request (default: torch's, all cores)")
+    serve.add_argument("--workers", type=int, help="scoring processes, each one request at a time (default: one per "
+                       "core; 0: score in the service process itself, one request at a time)")
+    serve.add_argument("--queue", type=int, default=32,
+                       help="requests that may wait for a free worker; more get 503 with Retry-After")
+    serve.add_argument("--threads", type=int, help="torch threads per scoring worker (default 1; with --workers 0: "
+                       "torch's, all cores)")
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser("export", help="export a trained run as an ONNX graph")

@@ -32,7 +32,8 @@ class EventsColumns(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal["ml-latest-small", "ml-1m", "ml-100k", "taobao", "events", "longctr"] = "ml-latest-small"
+    # a name of the dataset registry (etarec/data/datasets.py), checked there before any data is read
+    dataset: str = "ml-latest-small"
     path: str | None = None  # raw data; None -> the dataset's default location
     prepared_dir: str | None = None  # None -> prepared/<dataset>
     columns: EventsColumns = Field(default_factory=EventsColumns)  # dataset: events only

@@ -1,4 +1,16 @@
-"""Raw ids -> dense indices following the conventions in schema.py, and time order per user."""
+"""Raw ids -> dense indices following the conventions in schema.py, and time order per user.
+
+Time order and ties. A user's events are sorted by timestamp (or by `order` when the data has no
+timestamps; timestamps are whole Unix seconds). Events of a user with the same sort key are a tie
+group, and the reader's tie rule (RawEvents.ties) says what a group means:
+
+* SIMULTANEOUS (own events, Taobao): the group keeps file order (a stable sort on the key alone), and
+  its events are not each other's history: an event's history is the user's events strictly
+  before its timestamp (`history` below), and the chronological split keeps a group in one split
+  (`group`, see protocol.rating_protocol).
+* ITEM_ORDER (the documented MovieLens protocol): the group is ordered by item id and is an ordinary
+  sequence: an event's history is every event before it in (timestamp, item) order.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from etarec.data.schema import FIRST_ITEM_ID, UNKNOWN, RawEvents
+from etarec.data.files import seconds_problem
+from etarec.data.schema import FIRST_ITEM_ID, ITEM_ORDER, SIMULTANEOUS, UNKNOWN, RawEvents
 from etarec.errors import EtarecError
 
 REQUIRED = ("user", "item", "timestamp")
@@ -14,7 +27,8 @@ REQUIRED = ("user", "item", "timestamp")
 
 @dataclass
 class Encoded:
-    events: pd.DataFrame  # user, item, category, timestamp, action, position[, action_value, label]
+    # user, item, category, timestamp, action, position, history, group[, action_value, label]; see tie_groups
+    events: pd.DataFrame
     item_raw_ids: np.ndarray  # [num_items]: raw id of item index i (padding/unknown -> "")
     item_category: np.ndarray  # [num_items] int32
     category_values: list[str]  # category index -> raw value
@@ -22,6 +36,7 @@ class Encoded:
     profiles: dict[str, np.ndarray]  # feature -> [num_users] int32 codes (0 = unknown)
     profile_vocab: dict[str, int]
     action_values: list[float]  # action code - 1 -> raw value
+    tied_share: float = 0.0  # share of events in a tie group of two or more (SIMULTANEOUS only)
 
 
 def _codes(values: pd.Series, offset: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +76,7 @@ def encode(raw: RawEvents) -> Encoded:
             "user": user_codes,
             "item": item_codes,
             "category": item_category[item_codes],
-            "timestamp": pd.to_numeric(events["timestamp"], errors="raise").to_numpy().astype(np.int64),
+            "timestamp": _seconds(events["timestamp"], raw.name),
         }
     )
     action_values: list[float] = []
@@ -77,13 +92,22 @@ def encode(raw: RawEvents) -> Encoded:
         encoded["action"] = 0
     if "label" in events:
         encoded["label"] = events["label"].to_numpy().astype(np.int8)
+    if raw.ties not in (SIMULTANEOUS, ITEM_ORDER):
+        raise EtarecError(f"{raw.name}: unknown tie rule {raw.ties!r}; use {SIMULTANEOUS!r} or {ITEM_ORDER!r}")
+    key = "timestamp"
     if "order" in events:
-        encoded["order"] = events["order"].to_numpy()
-        sort_keys = ["user", "order", "item"]
-    else:
-        sort_keys = ["user", "timestamp", "item"]
+        encoded["order"] = pd.to_numeric(events["order"]).to_numpy()
+        key = "order"
+    sort_keys = ["user", key, "item"] if raw.ties == ITEM_ORDER else ["user", key]
     encoded = encoded.sort_values(sort_keys, kind="stable").reset_index(drop=True)
-    encoded["position"] = encoded.groupby("user").cumcount().astype(np.int64)
+    position = encoded.groupby("user").cumcount().to_numpy(np.int64)
+    encoded["position"] = position
+    tied_share = 0.0
+    if raw.ties == SIMULTANEOUS:
+        history, group, tied = tie_groups(encoded["user"].to_numpy(), encoded[key].to_numpy(), position)
+        encoded["history"], encoded["group"], tied_share = history, group, float(tied.mean())
+    else:
+        encoded["history"], encoded["group"] = position, position
 
     profiles, profile_vocab = _encode_profiles(raw.profiles, user_raw)
     return Encoded(
@@ -95,7 +119,38 @@ def encode(raw: RawEvents) -> Encoded:
         profiles=profiles,
         profile_vocab=profile_vocab,
         action_values=action_values,
+        tied_share=tied_share,
     )
+
+
+def tie_groups(user: np.ndarray, key: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For events sorted by (user, key) with `position` = rank in the user's sequence:
+    (history: the user's events before the event's tie group, i.e. its history length;
+     group: the rank of its tie group in the user's sequence; tied: whether the group holds two or more).
+
+        user [1, 1, 1, 1], key [5, 9, 9, 12] -> history [0, 1, 1, 3], group [0, 1, 1, 2], tied [F, T, T, F]
+    """
+    n = len(user)
+    index = np.arange(n)
+    new = np.ones(n, dtype=bool)  # an event that starts a tie group
+    new[1:] = (user[1:] != user[:-1]) | (key[1:] != key[:-1])
+    group_start = np.maximum.accumulate(np.where(new, index, 0))  # flat index of the group's first event
+    history = position - (index - group_start)
+    global_group = np.cumsum(new) - 1
+    group = global_group - global_group[index - position]  # minus the user's first group
+    sizes = np.diff(np.append(np.flatnonzero(new), n))
+    return history.astype(np.int64), group.astype(np.int64), np.repeat(sizes > 1, sizes)
+
+
+def _seconds(values: pd.Series, name: str) -> np.ndarray:
+    """Timestamps as int64 Unix seconds; a fractional value or one beyond int64 is refused, never
+    truncated (readers check their files with row numbers first: files.read_table(timestamps=...))."""
+    numbers = pd.to_numeric(values, errors="raise")
+    problem = seconds_problem(numbers)
+    if problem:
+        raise EtarecError(f"{name}: timestamp column has {problem[1]} at row {problem[0]}; "
+                          "timestamps are whole Unix seconds (etarec never rounds them): store whole seconds")
+    return numbers.to_numpy().astype(np.int64)
 
 
 def _encode_profiles(profiles: pd.DataFrame | None, user_raw: np.ndarray) -> tuple[dict, dict]:

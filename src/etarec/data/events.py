@@ -2,7 +2,9 @@
 
 With a label column every event is a sample with that label (split chronologically per user);
 without one, the last-behaviour protocol applies (each user's last event is a positive, a random
-same-category item a negative).
+same-category item a negative). Timestamps are whole Unix seconds; events of a user with the same
+timestamp are simultaneous (schema.SIMULTANEOUS, see encode.py). Without a timestamp column, `order`
+gives the sequence order and every time gap is 0.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pandas as pd
 
 from etarec.config import EventsColumns
 from etarec.data.files import read_table
-from etarec.data.schema import RawEvents
+from etarec.data.schema import SIMULTANEOUS, RawEvents
 from etarec.errors import EtarecError
 
 
@@ -27,10 +29,11 @@ def read_events(path: Path, columns: EventsColumns) -> RawEvents:
         if source is not None:
             mapping[canonical] = source
     numeric = tuple(mapping[c] for c in ("timestamp", "order", "action", "label") if c in mapping)
-    frame = read_table(path, columns=list(dict.fromkeys(mapping.values())), numeric=numeric)
+    timestamps = (mapping["timestamp"],) if "timestamp" in mapping else ()
+    frame = read_table(path, columns=list(dict.fromkeys(mapping.values())), numeric=numeric, timestamps=timestamps)
     events = pd.DataFrame({canonical: frame[source] for canonical, source in mapping.items()})
     if "timestamp" not in events:
         events["timestamp"] = 0
     if "label" in events and not events["label"].isin([0, 1]).all():
         raise EtarecError(f"{path}: column '{columns.label}' must hold 0/1 labels")
-    return RawEvents(path.stem, events, protocol="rating" if "label" in events else "last_behaviour")
+    return RawEvents(path.stem, events, protocol="rating" if "label" in events else "last_behaviour", ties=SIMULTANEOUS)

@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from etarec.config import DataConfig
-from etarec.data.files import read_table, require_files, resolve_raw_path
+from etarec.data.files import read_table, require_files
 from etarec.data.schema import FIRST_ITEM_ID, SPLITS
+from etarec.data.writer import Tables, items_table, users_table
 from etarec.errors import EtarecError
 
+FILES = ("train.parquet", "valid.parquet", "test.parquet", "user_info.parquet", "item_info.parquet")
 SAMPLE_COLUMNS = ["label", "user_index", "item_index", "seq_len"]
 CATEGORY_COLUMNS = ("cate_id", "category", "cate_index")
 SHIFT = FIRST_ITEM_ID - 1  # LongCTR id 1 (its first real id) -> etarec id 2
@@ -33,12 +34,9 @@ def _category_column(item_info: pd.DataFrame, path: Path) -> np.ndarray:
     raise EtarecError(f"{path} has none of the category columns {list(CATEGORY_COLUMNS)}; add one (cate_id)")
 
 
-def prepare_longctr(data: DataConfig, out: Path, log=print) -> Path:
-    from etarec.data.prepare import build_meta, items_table, summary_line, users_table, write_dataset
-
-    folder = resolve_raw_path(data.dataset, data.path)
-    files = require_files(folder, "train.parquet", "valid.parquet", "test.parquet", "user_info.parquet",
-                          "item_info.parquet")
+def read_longctr(folder: Path) -> Tables:
+    """The LongCTR folder as a prepared dataset in memory (ids shifted, user 0 = unknown prepended)."""
+    files = require_files(folder, *FILES)
     *split_files, user_file, item_file = files
     item_info = read_table(item_file, columns=["item_index"], numeric=("item_index",)).sort_values("item_index")
     item_index = item_info["item_index"].to_numpy(np.int64)
@@ -76,7 +74,5 @@ def prepare_longctr(data: DataConfig, out: Path, log=print) -> Path:
                         np.zeros_like(flat_items), np.zeros_like(flat_items), {})
     raw_ids = np.concatenate([["", ""], item_index[1:].astype(str)])
     category_names = ["<pad>", "unknown"] + [str(c - SHIFT) for c in range(FIRST_ITEM_ID, num_categories)]
-    meta = build_meta(data, folder.name, "longctr", np.concatenate([[0], counts]), num_items, num_categories, [], {}, samples)
-    write_dataset(out, users, items_table(raw_ids, item_category, category_names), samples, meta)
-    log(summary_line(meta, out))
-    return out
+    return Tables(folder.name, "longctr", users, items_table(raw_ids, item_category, category_names), samples,
+                  np.concatenate([[0], counts]), num_categories, [], {})

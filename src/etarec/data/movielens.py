@@ -1,6 +1,8 @@
 """MovieLens readers (ml-latest-small, ML-1M in the NCF layout, ML-100K) into RawEvents.
 
-An item's category is its first listed genre; the action is the rating.
+An item's category is its first listed genre; the action is the rating. The documented MovieLens
+protocol (README) orders a user's ratings by (timestamp, item): ratings of the same second are
+ordered by item id and are each other's history (ties=ITEM_ORDER), as every committed result assumes.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from etarec.data.files import read_table, require_files
-from etarec.data.schema import RawEvents
+from etarec.data.schema import ITEM_ORDER, RawEvents
 from etarec.errors import EtarecError
 
 
@@ -26,11 +28,11 @@ def _rating_events(ratings: pd.DataFrame, genre: pd.Series) -> pd.DataFrame:
 def read_latest_small(path: Path) -> RawEvents:
     ratings_file, movies_file = require_files(path, "ratings.csv", "movies.csv")
     ratings = read_table(ratings_file, columns=["userId", "movieId", "rating", "timestamp"],
-                         numeric=("userId", "movieId", "rating", "timestamp"))
+                         numeric=("userId", "movieId", "rating", "timestamp"), timestamps=("timestamp",))
     movies = read_table(movies_file, columns=["movieId", "genres"])
     genre = movies.set_index("movieId")["genres"].str.split("|").str[0]
     ratings = ratings.rename(columns={"userId": "user", "movieId": "item"})
-    return RawEvents("ml-latest-small", _rating_events(ratings, genre))
+    return RawEvents("ml-latest-small", _rating_events(ratings, genre), ties=ITEM_ORDER)
 
 
 def read_ml1m(path: Path) -> RawEvents:
@@ -39,7 +41,8 @@ def read_ml1m(path: Path) -> RawEvents:
     )
     names = ["user", "item", "rating", "timestamp"]
     ratings = pd.concat(
-        [read_table(f, sep="\t", header=None, names=names, columns=names, numeric=names) for f in (train, test)],
+        [read_table(f, sep="\t", header=None, names=names, columns=names, numeric=names,
+                    timestamps=("timestamp",)) for f in (train, test)],
         ignore_index=True,
     )
     movies = read_table(movies_file, sep="::", header=None, names=["movie_id", "title", "genres"],
@@ -57,13 +60,14 @@ def read_ml1m(path: Path) -> RawEvents:
             "occupation": users["occupation"],
         }
     )
-    return RawEvents("ml-1m", _rating_events(ratings, item_genre), profiles=profiles)
+    return RawEvents("ml-1m", _rating_events(ratings, item_genre), profiles=profiles, ties=ITEM_ORDER)
 
 
 def read_ml100k(path: Path) -> RawEvents:
     data_file, item_file, genre_file, user_file = require_files(path, "u.data", "u.item", "u.genre", "u.user")
     names = ["user", "item", "rating", "timestamp"]
-    ratings = read_table(data_file, sep="\t", header=None, names=names, columns=names, numeric=names)
+    ratings = read_table(data_file, sep="\t", header=None, names=names, columns=names, numeric=names,
+                         timestamps=("timestamp",))
     genres = read_table(genre_file, sep="|", header=None, names=["genre", "index"], columns=["genre", "index"],
                         numeric=("index",))
     items = read_table(item_file, sep="|", header=None, encoding="latin-1", columns=None)
@@ -84,4 +88,4 @@ def read_ml100k(path: Path) -> RawEvents:
             "occupation": users["occupation"],
         }
     )
-    return RawEvents("ml-100k", _rating_events(ratings, genre), profiles=profiles)
+    return RawEvents("ml-100k", _rating_events(ratings, genre), profiles=profiles, ties=ITEM_ORDER)

@@ -4,7 +4,8 @@
 threshold, split chronologically per user. `last_behaviour_protocol` (MIMN / ETA on Taobao): a
 user's last behaviour is a positive target, a random item of the same category a negative one.
 Both work on encoded, time-ordered events (see encode.py) and return sample tables that point into
-the user's sequence by position.
+the user's sequence by position: a sample's `position` is its history length (encode.py's
+`history`: under the SIMULTANEOUS tie rule the events of its own timestamp are not in it).
 """
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def split_sizes(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def rating_protocol(events: pd.DataFrame, threshold: float) -> dict[str, pd.DataFrame]:
     """Every event is a sample; its history is the user's events before it.
 
-    events: encoded and sorted by (user, timestamp, item), with a `position` column (rank in the
-    user's sequence) and `action_value` (the raw rating) or `label`.
+    events: encoded and time-ordered per user (encode.py), with `history` (the sample's history
+    length) and `group` (the rank of its tie group in the user's sequence; = rank when ties are
+    ordinary order), and `action_value` (the raw rating) or `label`. The split counts a user's
+    tie groups: of G groups the last max(1, round(0.1 G)) go to test and as many before them to
+    valid, so a group of simultaneous events is never cut (without ties G = n events).
     """
     if "label" in events:
         label = events["label"].to_numpy().astype(np.int8)
@@ -43,16 +47,17 @@ def rating_protocol(events: pd.DataFrame, threshold: float) -> dict[str, pd.Data
             "the rating protocol needs a rating (action) or a label column; map one in data.columns"
         )
     user = events["user"].to_numpy()
-    position = events["position"].to_numpy()
-    counts = np.bincount(user)
-    n = counts[user]
+    group = events["group"].to_numpy()
+    groups = np.zeros(user.max() + 1, dtype=np.int64)
+    np.maximum.at(groups, user, group + 1)
+    n = groups[user]
     n_valid, n_test = split_sizes(n)
-    rank_from_end = n - 1 - position
+    rank_from_end = n - 1 - group
     split = np.where(rank_from_end < n_test, 2, np.where(rank_from_end < n_test + n_valid, 1, 0))
     samples = pd.DataFrame(
         {
             "user": user.astype(np.int32),
-            "position": position.astype(np.int32),
+            "position": events["history"].to_numpy().astype(np.int32),
             "item": events["item"].to_numpy().astype(np.int32),
             "category": events["category"].to_numpy().astype(np.int32),
             "timestamp": events["timestamp"].to_numpy().astype(np.int64),
@@ -67,15 +72,15 @@ def last_behaviour_protocol(
 ) -> dict[str, pd.DataFrame]:
     """MIMN/ETA protocol: per user, target = last behaviour (label 1) and a random other item of the
     same category (label 0; any other item when it is alone in its category), both with the whole
-    earlier sequence as history. Users are split 80/10/10 into train/valid/test by a seeded
-    permutation.
+    earlier sequence as history (`history` events: simultaneous ones are not history). Users are
+    split 80/10/10 into train/valid/test by a seeded permutation.
     """
     rng = np.random.default_rng(seed)
     last = events.groupby("user", sort=True).tail(1)
-    last = last[last["position"] > 0]  # a user with one behaviour has no history to learn from
+    last = last[last["history"] > 0]  # a user with one behaviour (or one timestamp) has no history to learn from
     if last.empty:
-        raise EtarecError("no user has two or more behaviours; the last-behaviour protocol needs history")
-    positives = last[["user", "position", "item", "category", "timestamp"]].copy()
+        raise EtarecError("no user has behaviours at two or more times; the last-behaviour protocol needs history")
+    positives = last[["user", "history", "item", "category", "timestamp"]].rename(columns={"history": "position"})
     positives["label"] = 1
     negatives = positives.copy()
     negatives["item"] = _same_category_items(positives["item"].to_numpy(), item_category, rng,

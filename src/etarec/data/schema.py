@@ -8,7 +8,8 @@ On disk (one directory, Parquet):
                      user, position, item, category, timestamp, label; `position` points into the
                      user's sequence: the sample's history is sequence[:position]. Histories are
                      never copied into sample rows.
-    meta.json        vocabulary sizes, protocol and split statistics
+    meta.json        format marker and version, vocabulary sizes, protocol, split statistics, and
+                     what it was made from (the data config and the raw input files' fingerprints)
 
 Id conventions (shared by all readers, the model and the scorer):
     item / category: 0 = padding, 1 = unknown (out of vocabulary), 2.. = known values
@@ -26,15 +27,20 @@ UNKNOWN = 1
 FIRST_ITEM_ID = 2
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
+FORMAT = "etarec-prepared"  # meta.json's "format": how a folder is recognised as a prepared dataset
+# Tie rules (see encode.py): what events of a user with the same timestamp mean
+SIMULTANEOUS = "simultaneous"  # file order kept; not each other's history; one split
+ITEM_ORDER = "item"  # the MovieLens protocol: ordered by item id, each other's history like any order
 
 
 @dataclass
 class RawEvents:
     """A reader's output before encoding: raw ids, one row per behaviour.
 
-    events columns: user, item, category (str or int), timestamp (int64 seconds), action (float,
-    optional), label (0/1, optional: overrides the rating threshold).
-    protocol: see protocol.py.
+    events columns: user, item, category (str or int), timestamp (int64 Unix seconds), action
+    (float, optional), label (0/1, optional: overrides the rating threshold), order (optional: the
+    sequence order when there are no timestamps).
+    protocol: see protocol.py. ties: SIMULTANEOUS or ITEM_ORDER (see encode.py).
     profiles (optional): one row per raw user id, column `user` plus categorical feature columns.
     items (optional): raw item -> category for items that may never occur in events.
     """
@@ -42,5 +48,6 @@ class RawEvents:
     name: str
     events: pd.DataFrame
     protocol: str = "rating"  # "rating" (every event a sample) or "last_behaviour" (MIMN/ETA)
+    ties: str = SIMULTANEOUS
     profiles: pd.DataFrame | None = None
     items: pd.DataFrame | None = None

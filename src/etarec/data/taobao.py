@@ -1,7 +1,9 @@
 """Taobao UserBehavior CSV (user,item,category,behavior,timestamp; no header) into RawEvents.
 
 Behaviours outside the dataset's published window (2017-11-25 .. 2017-12-03, China time) are
-dropped, as the ETA/MIMN papers do; the action is the behaviour type.
+dropped, as the ETA/MIMN papers do; the action is the behaviour type. Behaviours of a user in the
+same second (a view and a cart of one item) are simultaneous (schema.SIMULTANEOUS): they keep file
+order and are not each other's history.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def taobao_files(path: Path) -> list[Path]:
 
 def read_taobao(path: Path) -> RawEvents:
     frames = [read_table(f, columns=COLUMNS, numeric=("user", "item", "category", "timestamp"),
-                         header=None, names=COLUMNS) for f in taobao_files(path)]
+                         timestamps=("timestamp",), header=None, names=COLUMNS) for f in taobao_files(path)]
     frame = pd.concat(frames, ignore_index=True)
     action = frame["behavior"].map(BEHAVIOURS)
     if action.isna().any():

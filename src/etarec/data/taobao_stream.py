@@ -8,8 +8,9 @@ has 100 million rows); memory is bounded by the block and bucket sizes, not by t
    memory as small summaries: each item's first category, each user's row count, the behaviours.
 2. merge: users are cut into ranges of about `bucket_rows` rows; for each range the matching slice
    of every run is read back, exact duplicates are dropped (the first copy stays), the rows are put
-   in (user, timestamp, item) order and appended to users.parquet. Each user's last behaviour is
-   kept for the samples.
+   in (user, timestamp) order, file order between ties (encode.py's SIMULTANEOUS rule), and
+   appended to users.parquet. Each user's last behaviour is kept for the samples, with its history
+   length (the behaviours before its second: simultaneous ones are not history).
 3. samples: the last-behaviour protocol (protocol.py) on those last behaviours.
 
 Ids are encoded as encode.py does (sorted raw ids; categories sorted as text; an item keeps the
@@ -23,8 +24,6 @@ million with the defaults. Disk: the runs take ~33 bytes per row beside the outp
 from __future__ import annotations
 
 import io
-import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +37,15 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from etarec.config import DataConfig
-from etarec.data.files import resolve_raw_path
-from etarec.data.prepare import build_meta, default_prepared_dir, summary_line, swap_in
+from etarec.data.datasets import default_prepared_dir, resolve_raw_path
+from etarec.data.encode import tie_groups
+from etarec.data.files import print_warning
+from etarec.data.fingerprint import config_fingerprint, inputs_fingerprint
+from etarec.data.prepare import MOST_TIED
 from etarec.data.protocol import last_behaviour_protocol
-from etarec.data.schema import FIRST_ITEM_ID, SPLITS
+from etarec.data.schema import FIRST_ITEM_ID
 from etarec.data.taobao import BEHAVIOURS, COLUMNS, WINDOW, taobao_files
+from etarec.data.writer import build_meta, building, items_table, summary_line, users_table, write_meta, write_samples
 from etarec.errors import EtarecError
 
 NUMERIC = ("user", "item", "category", "timestamp")
@@ -240,7 +243,7 @@ class _Codes:
 
 def _deduplicated_in_order(rows: dict[str, np.ndarray], counts: RowCounts) -> dict[str, np.ndarray]:
     """Exact duplicates dropped (the first copy in file order stays), then sorted by (user,
-    timestamp, item) with file order between ties: what drop_duplicates + a stable sort give."""
+    timestamp) with file order between ties: what drop_duplicates + encode.py's stable sort give."""
     keys = [rows[c] for c in ("action", "category", "item", "timestamp", "user")]
     order = np.lexsort(keys)  # stable: copies of a row stay in file order
     same = np.ones(len(order) - 1, dtype=bool) if len(order) else np.zeros(0, dtype=bool)
@@ -250,37 +253,27 @@ def _deduplicated_in_order(rows: dict[str, np.ndarray], counts: RowCounts) -> di
     keep[order[1:][same]] = False
     counts.dropped["duplicate"] += int(same.sum())
     rows = {c: values[keep] for c, values in rows.items()}
-    order = np.lexsort((rows["item"], rows["timestamp"], rows["user"]))
+    order = np.lexsort((rows["timestamp"], rows["user"]))  # stable: ties keep file order
     return {c: values[order] for c, values in rows.items()}
 
 
-def _list_column(offsets: pa.Array, values: np.ndarray, dtype) -> pa.ListArray:
-    return pa.ListArray.from_arrays(offsets, pa.array(values.astype(dtype)))
-
-
-def _users_table(user: np.ndarray, raw_ids: pa.Array, lengths: np.ndarray, rows: dict[str, np.ndarray]) -> pa.Table:
-    """users.parquet rows of the users `user` with `lengths` behaviours each, `rows` in order."""
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    return pa.table({
-        "user": pa.array(user.astype(np.int32)),
-        "raw_id": raw_ids,
-        "item": _list_column(offsets, rows["item"], np.int32),
-        "category": _list_column(offsets, rows["category"], np.int32),
-        "timestamp": _list_column(offsets, rows["timestamp"], np.int64),
-        "action": _list_column(offsets, rows["action"], np.int16),
-    })
+def _users_table(first_user: int, raw_ids: pa.Array, lengths: np.ndarray, rows: dict[str, np.ndarray]) -> pa.Table:
+    """users.parquet rows of the users first_user.. with `lengths` behaviours each, `rows` in order."""
+    return users_table(lengths, raw_ids, rows["item"], rows["category"], rows["timestamp"], rows["action"],
+                       first_user=first_user)
 
 
 def _merge(runs: _Runs, seen: _Summaries, codes: _Codes, users_file: Path, bucket_rows: int,
-           counts: RowCounts, progress: bool) -> tuple[pd.DataFrame, np.ndarray]:
-    """Write users.parquet bucket by bucket; return each user's last behaviour and sequence lengths."""
+           counts: RowCounts, progress: bool) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Write users.parquet bucket by bucket; return each user's last behaviour, the sequence
+    lengths and the number of behaviours that share their user and timestamp with another."""
     # a bucket: the users whose first row falls in the same multiple of bucket_rows
     first_row = np.cumsum(seen.user_rows) - seen.user_rows
     cuts = np.concatenate([[0], np.flatnonzero(np.diff(first_row // bucket_rows)) + 1, [len(seen.users)]])
     bounds = runs.bounds(np.append(seen.users, np.iinfo(np.int64).max)[cuts])  # [runs, buckets + 1]
     no_rows = {c: np.zeros(0, np.int64) for c in SPILLED}
-    unknown_user = _users_table(np.zeros(1, np.int64), pa.array([""]), np.zeros(1, np.int64), no_rows)  # user 0 has no behaviours
-    last, lengths = [], [np.zeros(1, np.int64)]
+    unknown_user = _users_table(0, pa.array([""]), np.zeros(1, np.int64), no_rows)  # user 0 has no behaviours
+    last, lengths, tied = [], [np.zeros(1, np.int64)], 0
     with pq.ParquetWriter(users_file, unknown_user.schema) as writer:
         writer.write_table(unknown_user)
         for bucket in tqdm(range(len(cuts) - 1), desc="merge", unit="bucket",
@@ -293,13 +286,16 @@ def _merge(runs: _Runs, seen: _Summaries, codes: _Codes, users_file: Path, bucke
             user = np.arange(cuts[bucket], cuts[bucket + 1]) + 1  # every user here has rows
             n = np.bincount(rows["user"] - user[0], minlength=len(user))
             raw_ids = pc.cast(pa.array(codes.users[user - 1]), pa.string())
-            writer.write_table(_users_table(user, raw_ids, n, rows))
+            writer.write_table(_users_table(int(user[0]), raw_ids, n, rows))
             ends = np.cumsum(n) - 1
-            last.append(pd.DataFrame({"user": user, "position": n - 1, "item": rows["item"][ends],
+            position = np.arange(len(rows["user"])) - np.repeat(ends - n + 1, n)
+            history, _, is_tied = tie_groups(rows["user"], rows["timestamp"], position)
+            last.append(pd.DataFrame({"user": user, "position": n - 1, "history": history[ends], "item": rows["item"][ends],
                                       "category": rows["category"][ends], "timestamp": rows["timestamp"][ends]}))
             lengths.append(n)
+            tied += int(is_tied.sum())
             counts.kept += len(rows["user"])
-    return pd.concat(last, ignore_index=True), np.concatenate(lengths)
+    return pd.concat(last, ignore_index=True), np.concatenate(lengths), tied
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,33 +304,29 @@ def _merge(runs: _Runs, seen: _Summaries, codes: _Codes, users_file: Path, bucke
 
 
 def _items_table(codes: _Codes) -> pa.Table:
-    raw_ids = pc.cast(pa.array(codes.items), pa.string())
-    return pa.table({
-        "item": pa.array(np.arange(len(codes.item_category), dtype=np.int32)),
-        "raw_id": pa.concat_arrays([pa.array(["", ""]), raw_ids]),
-        "category": pa.array(codes.item_category),
-        "category_name": pc.take(pa.array(codes.category_values), pa.array(codes.item_category)),
-    })
+    raw_ids = pa.concat_arrays([pa.array(["", ""]), pc.cast(pa.array(codes.items), pa.string())])
+    return items_table(raw_ids, codes.item_category, pa.array(codes.category_values))
 
 
 def prepare_taobao_stream(data: DataConfig, out: Path | None = None, log=print, progress: bool = True,
-                          block_bytes: int = 16 << 20, run_rows: int = 4_000_000, bucket_rows: int = 2_000_000) -> Path:
+                          block_bytes: int = 16 << 20, run_rows: int = 4_000_000, bucket_rows: int = 2_000_000,
+                          warn=print_warning) -> Path:
     """Prepare a Taobao UserBehavior file or folder into `out` with bounded memory; the output
-    equals prepare.prepare()'s. The folder is built beside `out` and swapped in when complete."""
+    equals prepare.prepare()'s. The folder is built beside `out` and swapped in when complete
+    (writer.building: a folder that is not a prepared dataset is refused before anything is read)."""
     if data.dataset != "taobao":
         raise EtarecError(f"--stream prepares Taobao UserBehavior CSVs only, not '{data.dataset}'; drop --stream")
-    files = taobao_files(resolve_raw_path("taobao", data.path))
+    path = resolve_raw_path(data)
+    files = taobao_files(path)
     out = Path(out or default_prepared_dir(data))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "samples").mkdir(parents=True)
-    try:  # progress bars only on a terminal (disable=None), so logs and captured output stay clean
+    fingerprint, inputs = config_fingerprint(data, path), inputs_fingerprint(files)
+    # progress bars only on a terminal (disable=None), so logs and captured output stay clean
+    with building(out) as tmp:
         counts, seen, runs = RowCounts(), _Summaries(), _Runs(tmp / "runs", run_rows)
         with tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True, desc="read",
                   disable=None if progress else True, leave=False) as bar:
-            for path in files:
-                for block in _line_blocks(path, block_bytes, bar):
+            for file in files:
+                for block in _line_blocks(file, block_bytes, bar):
                     rows = _parse(block, counts)
                     seen.add(rows)
                     runs.add(rows)
@@ -343,20 +335,19 @@ def prepare_taobao_stream(data: DataConfig, out: Path | None = None, log=print, 
             raise EtarecError(f"{data.path or files[0].parent}: no well-formed behaviour inside the window "
                               f"({counts.line()}); check the files")
         codes = _Codes.from_summaries(seen)
-        last, lengths = _merge(runs, seen, codes, tmp / "users.parquet", bucket_rows, counts, progress)
+        last, lengths, tied = _merge(runs, seen, codes, tmp / "users.parquet", bucket_rows, counts, progress)
         shutil.rmtree(runs.folder)
         counts.check()
+        if tied > MOST_TIED * counts.kept:
+            warn(f"taobao: {100 * tied / counts.kept:.0f}% of events share their user and timestamp with another "
+                 "event; such simultaneous events are not each other's history (README, 'Running on other data')")
         samples = last_behaviour_protocol(last, codes.item_category, data.seed)
         pq.write_table(_items_table(codes), tmp / "items.parquet")
-        for split in SPLITS:
-            pq.write_table(pa.Table.from_pandas(samples[split], preserve_index=False), tmp / "samples" / f"{split}.parquet")
-        meta = build_meta(data, "taobao", "last_behaviour", lengths, len(codes.item_category),
+        write_samples(tmp, samples)
+        meta = build_meta("taobao", "last_behaviour", fingerprint, inputs, lengths, len(codes.item_category),
                           len(codes.category_values), codes.action_values, {}, samples)
         meta["rows"] = {"read": counts.read, "kept": counts.kept, "dropped": counts.dropped}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_meta(tmp, meta)
     log(summary_line(meta, out))
     log(counts.line())
     return out

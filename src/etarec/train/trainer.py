@@ -185,8 +185,9 @@ def _fit(config: Config, out: Path, world: World, progress: bool, log, data: Pre
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp-*"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        if saved is None:
-            (out / STATE_FILE).unlink(missing_ok=True)  # a new run never resumes an old run's state
+        if saved is None:  # a new run never resumes an old run's state, nor leaves its metrics beside its config
+            (out / STATE_FILE).unlink(missing_ok=True)
+            (out / "metrics.json").unlink(missing_ok=True)
         write_text_atomically(out / "config.yaml", dump_config(config))
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
