@@ -34,7 +34,6 @@ from etarec.data.batch import Batch
 from etarec.models import build_model
 from etarec.nn.embeddings import Vocab
 from etarec.store.catalog import encode_strings
-from etarec.serve.request_model import RequestModel
 from etarec.serve.scorer import History, Scorer
 from etarec.atomic import atomic_write_bytes
 from etarec.store.checkpoint import save_checkpoint
@@ -133,7 +132,7 @@ def onnx_part(folder: Path, length: int, candidates: int, requests: int, threads
     """The exported graph on onnxruntime vs the same graph in PyTorch (no item cache), same inputs."""
     import onnxruntime
 
-    from etarec.serve.export import export_onnx
+    from etarec.serve.export import RequestGraph, export_onnx
 
     torch.set_num_threads(threads)
     onnx_file = export_onnx(folder, folder / "model.onnx")
@@ -142,7 +141,7 @@ def onnx_part(folder: Path, length: int, candidates: int, requests: int, threads
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    graph = RequestModel(_model(folder), scorer.config.model).eval()
+    graph = RequestGraph(_model(folder)).eval()
     arrays = [{key: value.numpy() for key, value in feeds.items()} for feeds in inputs]
     with torch.inference_mode():
         eager = timed(lambda feeds: graph(**feeds), inputs)
