@@ -82,8 +82,12 @@ class LongInterest(nn.Module):
 
 
 class Selector(nn.Module):
-    """Chooses, for each candidate, k behaviours of the long window (retrieval/ has the contract:
-    index and found [N, C, K], best first, ties to the more recent, padding never chosen)."""
+    """Chooses, for each candidate, top_k behaviours of the long window (retrieval/ has the
+    contract: index and found [N, C, K], best first, ties to the more recent, padding never chosen)."""
+
+    def __init__(self, top_k: int):
+        super().__init__()
+        self.top_k = top_k
 
     def user_side(self, embeddings: Embeddings, history: UserHistory, shared: bool, cache: ItemCache | None) -> Any:
         return None
@@ -114,6 +118,11 @@ class RetrievedAttention(LongInterest):
         super().__init__()
         self.selector = selector
         self.attention = attention
+
+    @classmethod
+    def configured(cls, selector: Selector, config: ModelConfig, embeddings: Embeddings) -> "RetrievedAttention":
+        """The selector with the configured attention (model.attention) from item to behaviour space."""
+        return cls(selector, target_attention(config, embeddings.item_dim, embeddings.behaviour_dim))
 
     def prepare_selection(self, embeddings, history: UserHistory, shared: bool, cache: ItemCache | None,
                           projected: torch.Tensor | None) -> Any:

@@ -19,7 +19,6 @@ import torch
 from etarec.config import ModelConfig
 from etarec.data.batch import UserHistory
 from etarec.models.base import Candidates, InterestModel, ItemCache, RetrievedAttention, Selector
-from etarec.nn.attention import target_attention
 from etarec.nn.embeddings import Embeddings, Vocab, distinct_items
 from etarec.retrieval import sign_product
 from etarec.retrieval.simhash import SimHash, table_hamming_top_k
@@ -55,10 +54,9 @@ class SimHashNearest(Selector):
     """The k behaviours nearest to the candidate in Hamming distance of their SimHash signatures."""
 
     def __init__(self, item_dim: int, config: ModelConfig):
-        super().__init__()
+        super().__init__(config.top_k)
         # the projection draws from its own seeded generator, so it leaves the weights' draws alone
         self.simhash = SimHash(item_dim, config.hash_bits, seed=config.hash_seed)
-        self.top_k = config.top_k
         # the sort keys of the shared layout are exact in this float type up to the longest window
         self.key_dtype = sign_product.key_dtype(config.hash_bits, config.long_len + max(config.top_k, config.short_len, 1))
 
@@ -121,6 +119,5 @@ class SimHashNearest(Selector):
 class ETA(InterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab, long_width=config.attention_dim)
-        e = self.embeddings
-        self.long_interest = RetrievedAttention(SimHashNearest(e.item_dim, config),
-                                                target_attention(config, e.item_dim, e.behaviour_dim))
+        selector = SimHashNearest(self.embeddings.item_dim, config)
+        self.long_interest = RetrievedAttention.configured(selector, config, self.embeddings)

@@ -7,16 +7,11 @@ import torch
 
 from etarec.config import ModelConfig
 from etarec.models.base import Candidates, InterestModel, RetrievedAttention, Selector
-from etarec.nn.attention import target_attention
 from etarec.nn.embeddings import Vocab
 from etarec.retrieval.selectors import inner_product_top_k
 
 
 class LargestInnerProduct(Selector):
-    def __init__(self, top_k: int):
-        super().__init__()
-        self.top_k = top_k
-
     @torch.no_grad()  # as in ETA, retrieval only chooses; gradients reach the chosen through attention
     def user_side(self, embeddings, history, shared, cache) -> torch.Tensor:
         return embeddings.items(history.items, history.categories)  # [N, L, Dq] the keys
@@ -29,6 +24,4 @@ class LargestInnerProduct(Selector):
 class EtaInnerProduct(InterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab, long_width=config.attention_dim)
-        e = self.embeddings
-        self.long_interest = RetrievedAttention(LargestInnerProduct(config.top_k),
-                                                target_attention(config, e.item_dim, e.behaviour_dim))
+        self.long_interest = RetrievedAttention.configured(LargestInnerProduct(config.top_k), config, self.embeddings)

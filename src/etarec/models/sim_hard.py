@@ -6,16 +6,11 @@ import torch
 
 from etarec.config import ModelConfig
 from etarec.models.base import Candidates, InterestModel, RetrievedAttention, Selector
-from etarec.nn.attention import target_attention
 from etarec.nn.embeddings import Vocab
 from etarec.retrieval.selectors import category_top_k
 
 
 class SameCategory(Selector):
-    def __init__(self, top_k: int):
-        super().__init__()
-        self.top_k = top_k
-
     def forward(self, embeddings, history, side, candidates: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
         return category_top_k(history.categories, history.mask, candidates.categories, self.top_k)  # [N, C, K]
 
@@ -23,6 +18,4 @@ class SameCategory(Selector):
 class SimHard(InterestModel):
     def __init__(self, config: ModelConfig, vocab: Vocab):
         super().__init__(config, vocab, long_width=config.attention_dim)
-        e = self.embeddings
-        self.long_interest = RetrievedAttention(SameCategory(config.top_k),
-                                                target_attention(config, e.item_dim, e.behaviour_dim))
+        self.long_interest = RetrievedAttention.configured(SameCategory(config.top_k), config, self.embeddings)
