@@ -4,8 +4,8 @@ import torch
 
 from conftest import VOCAB, synthetic_batch
 from etarec.config import Config, build_config
-from etarec.models import build_model
-from etarec.nn.attention import MultiHeadTargetAttention
+from etarec.models import MODELS, build_model
+from etarec.nn.attention import DinAttention, MultiHeadTargetAttention
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -16,23 +16,29 @@ def make(name="eta", **model) -> tuple[torch.nn.Module, Config]:
     return build_model(config.model, VOCAB), config
 
 
+def history_codes(model, batch, cache=None) -> torch.Tensor:
+    """[B, L, W] ETA's packed signatures of each position of the long window, as its retrieval reads them"""
+    table = model.long_interest.selector.code_table(model.embeddings, batch.user_history(), cache=cache)  # [V, W]
+    return table[batch.history_items]
+
+
 def test_projection_is_a_fixed_buffer_that_survives_save_and_load(tmp_path):
     model, config = make()
-    projection = model.simhash.projection
+    projection = model.long_interest.selector.simhash.projection
     assert all(p is not projection for p in model.parameters())
-    assert "simhash.projection" in model.state_dict()
+    assert "long_interest.selector.simhash.projection" in model.state_dict()
     batch = synthetic_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     before = projection.clone()
     torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels).backward()
     optimizer.step()
-    assert torch.equal(model.simhash.projection, before), "training changed the hash"
+    assert torch.equal(model.long_interest.selector.simhash.projection, before), "training changed the hash"
     save_checkpoint(tmp_path, model, config, VOCAB)
     loaded, _, _ = load_checkpoint(tmp_path)
-    assert torch.equal(loaded.simhash.projection, before)
+    assert torch.equal(loaded.long_interest.selector.simhash.projection, before)
     # a model built with another hash seed gets another projection; the checkpoint restores ours
     other, _ = make(hash_seed=1)
-    assert not torch.equal(other.simhash.projection, before)
+    assert not torch.equal(other.long_interest.selector.simhash.projection, before)
     model.eval()
     assert torch.equal(loaded(batch), model(batch))
 
@@ -45,7 +51,7 @@ def test_gradients_reach_only_retrieved_short_and_target_items():
     model.zero_grad()
     model(batch).sum().backward()
     grad_rows = model.embeddings.item.weight.grad.abs().sum(1) > 0
-    index, found = model.retrieve(batch, model.embeddings.target(batch))
+    index, found = model.retrieve(batch)
     retrieved = set(batch.history_items[0, index[0][found[0]]].tolist())
     short = set(batch.history_items[0, -3:].tolist())
     target = {int(batch.target_item[0])}
@@ -58,11 +64,10 @@ def test_gradients_reach_only_retrieved_short_and_target_items():
 def test_retrieval_is_recomputed_from_current_embeddings():
     model, _ = make(long_len=16, top_k=3)
     batch = synthetic_batch(batch=2, valid_from=[0, 0])
-    target = model.embeddings.target(batch)
-    index_before, _ = model.retrieve(batch, target)
+    index_before, _ = model.retrieve(batch)
     with torch.no_grad():  # move the embeddings: a cached signature would not see it
         model.embeddings.item.weight.copy_(torch.randn_like(model.embeddings.item.weight))
-    index_after, _ = model.retrieve(batch, model.embeddings.target(batch))
+    index_after, _ = model.retrieve(batch)
     assert not torch.equal(index_before, index_after)
 
 
@@ -71,8 +76,9 @@ def test_unique_item_hashing_equals_per_position_hashing():
     batch = synthetic_batch(batch=6, long_len=16)
     batch.history_items[:, 8:] = batch.history_items[:, :8].clone()  # repeated items
     batch.history_categories[:, 8:] = batch.history_categories[:, :8].clone()
-    per_position = model.simhash(model.embeddings.items(batch.history_items, batch.history_categories))
-    assert torch.equal(model.history_codes(batch), per_position)
+    per_position = model.long_interest.selector.simhash(
+        model.embeddings.items(batch.history_items, batch.history_categories))
+    assert torch.equal(history_codes(model, batch), per_position)
 
 
 def reference_attention(module: MultiHeadTargetAttention, query, keys, mask):
@@ -140,31 +146,43 @@ def test_padding_content_does_not_change_scores():
 def test_projecting_then_gathering_equals_gathering_then_projecting(kind):
     """What lets a scorer project one shared history once for all candidates."""
     model, _ = make(attention=kind)
-    attention = model.long_attention
+    attention = model.long_interest.attention
     query, history = torch.randn(6, model.embeddings.item_dim), torch.randn(1, 20, model.embeddings.behaviour_dim)
     index = torch.randint(0, 20, (6, 5))
     mask = torch.rand(6, 5) < 0.8
     gathered = history.expand(6, -1, -1).gather(1, index[:, :, None].expand(-1, -1, history.shape[-1]))
     projected = attention.project(history)[0][index]  # [6, 5, P]
-    torch.testing.assert_close(attention.attend(query, projected, mask), attention(query, gathered, mask))
+    attended = attention.attend(query[:, None, :], projected, mask)  # [6, 1, A]: one candidate per row
+    torch.testing.assert_close(attended[:, 0], attention(query, gathered, mask))
 
 
-def test_eval_signature_cache_equals_fresh_hashing_and_follows_training():
+def test_eval_signature_cache_equals_fresh_hashing_and_a_new_one_follows_training():
+    """Evaluation owns the cache (model.item_cache()); there is no hidden one: a cache made before a
+    weight change is not used after it, the next evaluation asks for a fresh one."""
     model, _ = make()
     batches = [synthetic_batch(batch=6, seed=s) for s in range(3)]
 
     def per_position(batch):
-        return model.simhash(model.embeddings.items(batch.history_items, batch.history_categories))
+        return model.long_interest.selector.simhash(model.embeddings.items(batch.history_items, batch.history_categories))
 
     model.eval()
+    cache = model.item_cache()
     for batch in batches + batches:  # the second pass is served from the cache
-        assert torch.equal(model.history_codes(batch), per_position(batch))
+        assert torch.equal(history_codes(model, batch, cache), per_position(batch))
+        assert torch.equal(model(batch, cache), model(batch)), "evaluation with a cache differs from without"
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=10.0)
     model(batches[0]).sum().backward()
     optimizer.step()
     model.eval()
-    assert torch.equal(model.history_codes(batches[0]), per_position(batches[0])), "stale signatures after training"
+    # the old cache is stale now (the test's premise: training moved the signatures)...
+    assert not torch.equal(history_codes(model, batches[0], cache), per_position(batches[0]))
+    fresh = model.item_cache()  # ...so evaluation after the change hashes anew
+    assert fresh is not cache and not fresh.hashed.any()
+    assert torch.equal(history_codes(model, batches[0], fresh), per_position(batches[0])), "stale signatures after training"
+    assert torch.equal(history_codes(model, batches[0]), per_position(batches[0]))  # no cache: hashed now
+    for batch in batches:
+        assert torch.equal(model(batch, fresh), model(batch))
 
 
 def test_embedding_init_std_sets_the_scale_and_keeps_padding_zero():
@@ -174,3 +192,45 @@ def test_embedding_init_std_sets_the_scale_and_keeps_padding_zero():
     assert torch.equal(weight[0], torch.zeros_like(weight[0]))
     default, _ = make()
     assert float(default.embeddings.item.weight.detach()[1:].std()) > 0.5  # torch's N(0, 1) when unset
+
+
+def repeat_histories(batch, times: int):
+    """Each sample's history `times` times in a row ([B] -> [B * times]), with targets left to the caller."""
+    repeated = {name: getattr(batch, name) for name in batch.__dataclass_fields__}
+    for name, value in repeated.items():
+        if isinstance(value, torch.Tensor):
+            repeated[name] = value.repeat_interleave(times, dim=0)
+    return type(batch)(**repeated)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("attention", ["multihead", "din"])
+def test_shared_history_scores_many_candidates_as_forward_scores_each(name, attention):
+    """What serving relies on: candidate_logits over C candidates of one shared user side (each
+    window embedded and projected once) equals forward over a batch that repeats the history for
+    each candidate, and forward(batch) itself is the first candidate's column."""
+    model, _ = make(name, attention=attention, sdim_hashes=12, sdim_tau=3)
+    if attention == "din" and not any(isinstance(m, DinAttention) for m in model.modules()):
+        pytest.skip(f"{name} has no attention that model.attention configures")
+    model.eval()  # dropout off; random weights as initialised
+    rows, c = 7, 4
+    batch = synthetic_batch(batch=rows, seed=3, valid_from=[16, 0, 9, 16, 15, 3, 12])  # two empty, one full
+    # one category per item, as in the data (ETA's signatures and SIM's search read categories by item)
+    batch.target_category = batch.target_item % (VOCAB.num_categories - 2) + 2
+    batch.target_item[2], batch.target_category[2] = batch.history_items[1, 5], batch.history_categories[1, 5]
+    # the candidates of row b: the targets of samples b, b+1, ..., b+C-1 (its own target first)
+    pick = (torch.arange(rows)[:, None] + torch.arange(c)[None, :]) % rows  # [B, C]
+    items, categories = batch.target_item[pick], batch.target_category[pick]  # [B, C]
+    repeated = repeat_histories(batch, c)
+    repeated.target_item, repeated.target_category = items.flatten(), categories.flatten()
+    with torch.no_grad():
+        expected = model(repeated).view(rows, c)  # one candidate per history row, as in training
+        torch.testing.assert_close(model(batch), expected[:, 0], rtol=1e-6, atol=1e-6)
+        for shared in (True, False):
+            caches = [None, model.item_cache()] if model.item_cache() is not None else [None]
+            for cache in caches:
+                side = model.user_side(batch.user_history(), shared=shared, cache=cache)
+                got = model.candidate_logits(side, items, categories)  # [B, C]
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6,
+                                           msg=lambda m: f"shared={shared} cache={cache is not None}: {m}")
+                assert torch.isfinite(got).all()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from etarec.retrieval.selectors import BucketHash, bucket_mean, category_top_k, inner_product_top_k
+from etarec.retrieval.selectors import BucketHash, bucket_mean, category_top_k, inner_product_top_k, score_top_k
 
 
 def random_window(rng, batch, length):
@@ -19,25 +19,30 @@ def newest_first(valid):
 
 
 def check(index, found, expected, k, length):
-    """expected: per row, the selected positions best first (at most k); the rest must be padding."""
-    assert index.shape == found.shape == (len(expected), min(k, length))
-    for row, positions in enumerate(expected):
-        n = len(positions)
-        assert found[row].tolist() == [True] * n + [False] * (index.shape[1] - n), "padding selected or a key lost"
-        assert index[row, :n].tolist() == positions
-        assert len(set(index[row].tolist())) == index.shape[1], "a position returned twice"
+    """expected: per row and candidate, the selected positions best first (at most k); the rest must be padding."""
+    assert index.shape == found.shape == (len(expected), len(expected[0]), min(k, length))
+    for row, per_candidate in enumerate(expected):
+        for candidate, positions in enumerate(per_candidate):
+            n = len(positions)
+            got_index, got_found = index[row, candidate], found[row, candidate]
+            assert got_found.tolist() == [True] * n + [False] * (len(got_index) - n), "padding selected or a key lost"
+            assert got_index[:n].tolist() == positions
+            assert len(set(got_index.tolist())) == len(got_index), "a position returned twice"
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_category_top_k_equals_brute_force(seed):
     rng = np.random.default_rng(seed)
     batch, length, k = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 50))  # often k >= L
+    candidates = int(rng.integers(1, 4))
     mask = random_window(rng, batch, length)
     categories = rng.integers(2, 5, (batch, length))  # few categories: many matches
-    target = rng.integers(2, 5, batch)
-    categories[~mask] = target[np.nonzero(~mask)[0]]  # padding that "matches" must still never be selected
+    target = rng.integers(2, 5, (batch, candidates))
+    rows, columns = np.nonzero(~mask)
+    categories[rows, columns] = target[rows, 0]  # padding that "matches" must still never be selected
     index, found = category_top_k(torch.from_numpy(categories), torch.from_numpy(mask), torch.from_numpy(target), k)
-    expected = [[j for j in newest_first(mask[b]) if categories[b, j] == target[b]][:k] for b in range(batch)]
+    expected = [[[j for j in newest_first(mask[b]) if categories[b, j] == target[b, c]][:k] for c in range(candidates)]
+                for b in range(batch)]
     check(index, found, expected, k, length)
 
 
@@ -45,26 +50,33 @@ def test_category_top_k_equals_brute_force(seed):
 def test_inner_product_top_k_equals_brute_force(seed):
     rng = np.random.default_rng(seed)
     batch, length, k, dim = int(rng.integers(1, 6)), int(rng.integers(1, 40)), int(rng.integers(1, 50)), 3
+    candidates = int(rng.integers(1, 4))
     mask = random_window(rng, batch, length)
     # small integers: float32 scores are exact, and equal scores (ties) are frequent
     keys = rng.integers(-2, 3, (batch, length, dim)).astype(np.float32)
     keys[~mask] = 100.0  # padding that would win on score must never be selected
-    query = rng.integers(-2, 3, (batch, dim)).astype(np.float32)
+    query = rng.integers(-2, 3, (batch, candidates, dim)).astype(np.float32)
+    query[:, 0] = np.abs(query[:, 0])  # a candidate that padding's keys would win for
     index, found = inner_product_top_k(torch.from_numpy(query), torch.from_numpy(keys), torch.from_numpy(mask), k)
     expected = []
     for b in range(batch):
-        score = {j: float(np.dot(query[b].astype(np.float64), keys[b, j])) for j in newest_first(mask[b])}
-        expected.append(sorted(score, key=lambda j: -score[j])[:k])  # stable: ties stay newest first
+        per_candidate = []
+        for c in range(candidates):
+            score = {j: float(np.dot(query[b, c].astype(np.float64), keys[b, j])) for j in newest_first(mask[b])}
+            per_candidate.append(sorted(score, key=lambda j: -score[j])[:k])  # stable: ties stay newest first
+        expected.append(per_candidate)
     check(index, found, expected, k, length)
 
 
 def test_ties_go_to_the_most_recent_position():
     keys = torch.ones(1, 5, 2)  # every score equal
     mask = torch.tensor([[True, False, True, True, False]])
-    index, found = inner_product_top_k(torch.ones(1, 2), keys, mask, 3)
-    assert index[0].tolist() == [3, 2, 0] and found[0].all()
-    index, found = category_top_k(torch.full((1, 5), 7), mask, torch.tensor([7]), 5)
-    assert index[0, :3].tolist() == [3, 2, 0] and found[0].tolist() == [True, True, True, False, False]
+    index, found = inner_product_top_k(torch.ones(1, 1, 2), keys, mask, 3)
+    assert index[0, 0].tolist() == [3, 2, 0] and found[0, 0].all()
+    index, found = score_top_k(torch.zeros(1, 1, 5), mask, 3)
+    assert index[0, 0].tolist() == [3, 2, 0] and found[0, 0].all()
+    index, found = category_top_k(torch.full((1, 5), 7), mask, torch.tensor([[7]]), 5)
+    assert index[0, 0, :3].tolist() == [3, 2, 0] and found[0, 0].tolist() == [True, True, True, False, False]
 
 
 @pytest.mark.parametrize("hashes,tau", [(1, 1), (6, 3), (12, 4), (62, 62)])
@@ -86,21 +98,25 @@ def test_bucket_hash_reads_groups_of_tau_sign_bits(hashes, tau):
 def test_bucket_mean_equals_brute_force(seed):
     rng = np.random.default_rng(seed)
     batch, length, groups, dim = int(rng.integers(1, 5)), int(rng.integers(1, 30)), int(rng.integers(1, 5)), 4
+    candidates = int(rng.integers(1, 4))
     mask = random_window(rng, batch, length)
     key_buckets = rng.integers(0, 3, (batch, length, groups))
-    query_buckets = rng.integers(0, 3, (batch, groups))
+    query_buckets = rng.integers(0, 3, (batch, candidates, groups))
     values = rng.normal(size=(batch, length, dim))
-    key_buckets[~mask] = query_buckets[np.nonzero(~mask)[0]]  # padding in the target's bucket must not count
+    rows, columns = np.nonzero(~mask)
+    key_buckets[rows, columns] = query_buckets[rows, 0]  # padding in the target's bucket must not count
     got = bucket_mean(torch.from_numpy(query_buckets), torch.from_numpy(key_buckets), torch.from_numpy(values),
                       torch.from_numpy(mask))
+    assert got.shape == (batch, candidates, dim)
     for b in range(batch):
-        per_group = []
-        for g in range(groups):
-            total = np.zeros(dim)
-            for j in range(length):
-                if mask[b, j] and key_buckets[b, j, g] == query_buckets[b, g]:
-                    total += values[b, j]
-            norm = np.linalg.norm(total)
-            per_group.append(total / norm if norm > 0 else total)
-        np.testing.assert_allclose(got[b].numpy(), np.mean(per_group, axis=0), rtol=1e-6, atol=1e-9)
+        for c in range(candidates):
+            per_group = []
+            for g in range(groups):
+                total = np.zeros(dim)
+                for j in range(length):
+                    if mask[b, j] and key_buckets[b, j, g] == query_buckets[b, c, g]:
+                        total += values[b, j]
+                norm = np.linalg.norm(total)
+                per_group.append(total / norm if norm > 0 else total)
+            np.testing.assert_allclose(got[b, c].numpy(), np.mean(per_group, axis=0), rtol=1e-6, atol=1e-9)
     assert torch.all(got[0] == 0), "an all-padding row must give the zero vector"
