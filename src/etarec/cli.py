@@ -71,10 +71,10 @@ def _check_data(config) -> None:
     from etarec.data.files import print_warning
 
     dataset = get_dataset(config.data.dataset)
-    if config.model.use_time and not dataset.has_timestamps(config.data) and os.environ.get("RANK", "0") == "0":
-        print_warning(f"model.use_time is on but dataset '{dataset.name}' has no timestamps here "
-                      f"({'LongCTR has none' if dataset.name == 'longctr' else 'data.columns.timestamp is not mapped'}): "
-                      "every time gap is 0, so +time carries nothing; map a timestamp column or set model.use_time=false")
+    missing = dataset.missing_times(config.data)
+    if config.model.use_time and missing and os.environ.get("RANK", "0") == "0":
+        print_warning(f"model.use_time is on but dataset '{dataset.name}' has no timestamps ({missing}): every time "
+                      "gap is 0, so +time carries nothing; map a timestamp column or set model.use_time=false")
 
 
 def _evaluate(args) -> None:

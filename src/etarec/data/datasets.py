@@ -36,8 +36,8 @@ class Dataset:
     protocol: str  # how samples are made (protocol.py); "label column" decides for own events
     folder: str | None = None  # folder name under a shared data root
     bundled: Path | None = None  # a copy inside the repository
-    # whether the events carry real times (for model.use_time): own events only with a timestamp column
-    has_timestamps: Callable[[DataConfig], bool] = lambda data: True
+    # why the events carry no real times (model.use_time then sees gaps of 0), None when they do
+    missing_times: Callable[[DataConfig], str | None] = lambda data: None
 
 
 DATASETS = {dataset.name: dataset for dataset in [
@@ -52,9 +52,9 @@ DATASETS = {dataset.name: dataset for dataset in [
             folder="taobao-userbehavior-samples"),
     Dataset("events", lambda path, data: read_events(path, data.columns), lambda path: [path],
             "rating with a label column, else last_behaviour",
-            has_timestamps=lambda data: data.columns.timestamp is not None),
+            missing_times=lambda data: None if data.columns.timestamp else "data.columns.timestamp is not mapped"),
     Dataset("longctr", lambda path, data: read_longctr(path), _in_folder(*LONGCTR_FILES), "longctr",
-            has_timestamps=lambda data: False),
+            missing_times=lambda data: "the LongCTR layout has none"),
 ]}
 
 

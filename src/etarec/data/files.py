@@ -130,5 +130,5 @@ def seconds_problem(values: pd.Series) -> tuple[int, str] | None:
     for bad, what in ((outside, "a value beyond the 64-bit integer range"), (fractional, "a fractional value")):
         if bad.any():
             row = int(bad.nonzero()[0][0])
-            return row, f"{what} ({values.iloc[row]!r})"
+            return row, f"{what} ({values.iloc[row]})"
     return None
