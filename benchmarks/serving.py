@@ -15,6 +15,7 @@ Results: benchmarks/results/serving/serving.json (written atomically) and a summ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,15 +182,15 @@ def forward_part(folder: Path, length: int, candidates: int, requests: int, thre
             "B": candidates, "threads": threads, **result}
 
 
-def http_part(folder: Path, length: int, candidates: int, clients: int, total: int, threads: int | None) -> dict:
-    """`etarec serve` in its own process; `clients` concurrent clients send `total` requests, then stop."""
+@contextlib.contextmanager
+def running_service(folder: Path, serve_args: list[str]):
+    """`etarec serve` on a free loopback port in its own process: yields its base url."""
     import httpx
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "etarec", "serve", "--checkpoint", str(folder), "--port", str(port)]
-    command += ["--threads", str(threads)] if threads else []
+    command = [sys.executable, "-m", "etarec", "serve", "--checkpoint", str(folder), "--port", str(port), *serve_args]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -203,48 +205,108 @@ def http_part(folder: Path, length: int, candidates: int, clients: int, total: i
                 if time.monotonic() > deadline:
                     raise RuntimeError("etarec serve did not come up in 300 s") from None
                 time.sleep(0.5)
-        # bodies are encoded up front: the client shares the 2 cores with the server
-        bodies = [json.dumps({"history": {"items": r["history"].items, "timestamps": r["history"].timestamps,
-                                          "actions": r["history"].actions},
-                              "candidates": r["candidates"], "request_time": r["request_time"], "user": r["user"]}).encode()
-                  for r in make_requests(min(total, 50), length, candidates, seed=3)]
-
-        def client(worker: int) -> list[tuple[float, int, float]]:
-            outcomes = []
-            with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as session:
-                for i in range(worker, total, clients):
-                    started = time.perf_counter()
-                    try:
-                        answer = session.post(f"{url}/score", content=bodies[i % len(bodies)])
-                        status = answer.status_code
-                        scored = answer.json()["timing_ms"]["score"] if status == 200 else float("nan")
-                    except httpx.HTTPError:
-                        status, scored = -1, float("nan")
-                    outcomes.append((1e3 * (time.perf_counter() - started), status, scored))
-            return outcomes
-
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            outcomes = [outcome for part in pool.map(client, range(clients)) for outcome in part]
-        seconds = time.perf_counter() - started
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=60)
-    latencies = [latency for latency, _, _ in outcomes]
-    errors = sum(status != 200 for _, status, _ in outcomes)
-    scored = [value for _, status, value in outcomes if status == 200]
-    result = {"what": f"POST /score through `etarec serve`, {clients} concurrent clients, {total} requests",
-              "L": length, "B": candidates, "server_threads": threads or torch.get_num_threads(), "clients": clients,
-              "requests": total, "errors": errors, "seconds": seconds, "requests_per_second": total / seconds,
-              **summary(latencies), "server_score_ms": summary(scored) if scored else None,
-              "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0],
-              "server_metrics_count_line": next(line for line in metrics.splitlines()
-                                                if line.startswith("etarec_score_latency_ms_count"))}
-    print(f"HTTP        L={length} B={candidates} {clients} clients x {total}: {result['requests_per_second']:.1f} req/s, "
-          f"p50 {result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms, errors {errors}")
-    return result
+
+
+def http_bodies(length: int, candidates: int, count: int = 50) -> list[bytes]:
+    """Request bodies, encoded up front: the clients share the 2 cores with the server."""
+    return [json.dumps({"history": {"items": r["history"].items, "timestamps": r["history"].timestamps,
+                                    "actions": r["history"].actions},
+                        "candidates": r["candidates"], "request_time": r["request_time"], "user": r["user"]}).encode()
+            for r in make_requests(count, length, candidates, seed=3)]
+
+
+def http_load(url: str, bodies: list[bytes], clients: int, total: int, timeout: float = 30.0) -> dict:
+    """`clients` closed-loop clients (each sends its next request when the last is answered, 503 or
+    not, without waiting) send `total` requests between them, then stop."""
+    import httpx
+
+    def client(worker: int) -> list[tuple[float, int, float, str | None]]:
+        outcomes = []
+        with httpx.Client(timeout=timeout, headers={"content-type": "application/json"}) as session:
+            for i in range(worker, total, clients):
+                started = time.perf_counter()
+                retry_after, scored = None, float("nan")
+                try:
+                    answer = session.post(f"{url}/score", content=bodies[i % len(bodies)])
+                    status = answer.status_code
+                    retry_after = answer.headers.get("retry-after")
+                    if status == 200:
+                        scored = answer.json()["timing_ms"]["score"]
+                except httpx.TimeoutException:
+                    status = -2
+                except httpx.HTTPError:
+                    status = -1
+                outcomes.append((1e3 * (time.perf_counter() - started), status, scored, retry_after))
+        return outcomes
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        outcomes = [outcome for part in pool.map(client, range(clients)) for outcome in part]
+    seconds = time.perf_counter() - started
+    ok = [latency for latency, status, _, _ in outcomes if status == 200]
+    busy = [latency for latency, status, _, _ in outcomes if status == 503]
+    statuses = Counter(status for _, status, _, _ in outcomes)
+    return {"clients": clients, "requests": total, "seconds": seconds, "ok": len(ok),
+            "ok_per_second": len(ok) / seconds, **(summary(ok) if ok else {}),
+            "busy_503": len(busy), "busy_latency_ms": summary(busy) if busy else None,
+            "busy_without_retry_after": sum(1 for _, status, _, retry in outcomes if status == 503 and not retry),
+            "timeouts": statuses[-2], "errors": sum(count for status, count in statuses.items() if status not in (200, 503)),
+            "statuses": {str(status): count for status, count in sorted(statuses.items())},
+            "server_score_ms": summary([s for _, status, s, _ in outcomes if status == 200]) if ok else None,
+            "loadavg_1min_before": load_before, "loadavg_1min_after": os.getloadavg()[0]}
+
+
+def http_part(folder: Path, length: int, candidates: int, servers: dict[str, list[str]], clients: list[int],
+              total: int, overload_clients: int, overload_queue: int) -> list[dict]:
+    """Each server setting under 1, 8, ... closed-loop clients; then the last setting with a small
+    queue under `overload_clients` clients."""
+    import httpx
+
+    bodies = http_bodies(length, candidates)
+    runs = [(name, serve_args, clients, total) for name, serve_args in servers.items()]
+    if overload_clients:
+        name, serve_args = list(servers.items())[-1]
+        runs.append((f"{name}, --queue {overload_queue}", [*serve_args, "--queue", str(overload_queue)],
+                     [overload_clients], max(total, 10 * overload_clients)))
+    results = []
+    for name, serve_args, counts, requests in runs:
+        with running_service(folder, serve_args) as url:
+            http_load(url, bodies, 4, 24)  # warm-up: every worker's allocator and caches
+            for count in counts:
+                result = {"what": " ".join(["POST /score through etarec serve", *serve_args]),
+                          "server": name, "serve_args": serve_args, "L": length, "B": candidates,
+                          **http_load(url, bodies, count, requests)}
+                metrics = httpx.get(f"{url}/metrics", timeout=10).text
+                result["server_metrics_count_line"] = next(line for line in metrics.splitlines()
+                                                           if line.startswith("etarec_score_latency_ms_count"))
+                results.append(result)
+                busy = result["busy_latency_ms"]
+                print(f"HTTP {name:28s} {count:3d} clients x {requests}: {result['ok_per_second']:5.1f} ok/s, "
+                      f"p50 {result.get('p50_ms', float('nan')):6.1f} ms p99 {result.get('p99_ms', float('nan')):6.1f} ms, "
+                      f"503: {result['busy_503']}" + (f" (p99 {busy['p99_ms']:.1f} ms, max {busy['max_ms']:.1f} ms)" if busy else "")
+                      + f", timeouts {result['timeouts']}, errors {result['errors']} (load {result['loadavg_1min_before']:.1f})")
+    return results
+
+
+def http_verdict(results: list[dict], before: str, after: str) -> dict:
+    """The issue's acceptance figures: throughput and p99 at 8 clients against 1 client, same run."""
+    pick = {(r["server"], r["clients"]): r for r in results}
+    verdict = {}
+    many = max(r["clients"] for r in results if r["server"] == after)
+    if (before, many) in pick and (after, many) in pick:
+        verdict["throughput_ratio"] = pick[(after, many)]["ok_per_second"] / pick[(before, many)]["ok_per_second"]
+    for server in (before, after):
+        if (server, 1) in pick and (after, many) in pick:
+            verdict[f"p99_{many}_clients_over_single_client_p99_{server}"] = \
+                pick[(after, many)]["p99_ms"] / pick[(server, 1)]["p99_ms"]
+    if verdict:
+        print("HTTP verdict: " + ", ".join(f"{key} {value:.2f}" for key, value in verdict.items()))
+    return verdict
 
 
 def main() -> None:
@@ -253,8 +315,16 @@ def main() -> None:
                         choices=["scorer", "onnx", "forward", "http"])
     parser.add_argument("--requests", type=int, default=300, help="timed requests per Scorer / ONNX measurement")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="Scorer worker threads (and torch threads of the caller)")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--http-requests", type=int, default=400)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="closed-loop HTTP clients per run")
+    parser.add_argument("--http-requests", type=int, default=320, help="requests per HTTP run")
+    parser.add_argument("--http-history", type=int, default=1000, help="history length of each HTTP request")
+    parser.add_argument("--http-candidates", type=int, default=1000, help="candidates of each HTTP request")
+    parser.add_argument("--before", default="--workers 0 --queue 100000",
+                        help="`etarec serve` options of the one-at-a-time service to compare with ('' to skip)")
+    parser.add_argument("--after", default="", help="`etarec serve` options of the service measured (default: its defaults)")
+    parser.add_argument("--overload-clients", type=int, default=64, help="then these many clients against --after "
+                        "with --overload-queue (0: skip)")
+    parser.add_argument("--overload-queue", type=int, default=8)
     parser.add_argument("--out", default=str(OUT / "serving.json"))
     args = parser.parse_args()
 
@@ -271,7 +341,12 @@ def main() -> None:
         if "forward" in args.parts:
             report["results"].append(forward_part(folders[1024], 1024, 1024, 20, max(args.threads)))
         if "http" in args.parts:
-            report["results"].append(http_part(folders[1024], 1024, 1024, args.clients, args.http_requests, None))
+            servers = {"one at a time (before)": args.before.split()} if args.before.strip() else {}
+            servers["workers (after)"] = args.after.split()
+            results = http_part(folders[1024], args.http_history, args.http_candidates, servers, args.clients,
+                                args.http_requests, args.overload_clients, args.overload_queue)
+            report["results"] += results
+            report["http_verdict"] = http_verdict(results, "one at a time (before)", "workers (after)")
     out = Path(args.out)
     atomic_write_bytes(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     print(f"-> {out}")
