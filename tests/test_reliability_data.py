@@ -160,6 +160,13 @@ def test_only_an_empty_folder_or_a_prepared_dataset_is_replaced(tmp_path):
     prepare(events_config(events), empty, **QUIET)
     assert load_prepared(empty).meta["num_users"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "events.csv"]
+    # through a symbolic link: the link stays, the dataset it points at is replaced
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    write_events(events, events_rows(2))
+    prepare(events_config(events), link, **QUIET)
+    assert link.is_symlink() and load_prepared(empty).meta["num_users"] == 3
+    link.unlink()
     # a folder with a meta.json of someone else's is not a prepared dataset
     other = tmp_path / "other"
     other.mkdir()

@@ -4,8 +4,8 @@ LongCTR, the streamed Taobao prepare).
 Safety rules:
 * A dataset is built in a temp folder beside its target, `.NAME.tmp-PID-HOST`, and swapped in by
   renames only when complete: a crash leaves the previous dataset (or none), never half of one.
-* The target is replaced only when it is absent, an empty folder, or recognisably a prepared
-  dataset: a meta.json with the format marker (schema.FORMAT, or an older etarec meta.json) and
+* The target (where a symbolic link at it points) is replaced only when it is absent, an empty
+  folder, or recognisably a prepared dataset: a meta.json with the format marker (schema.FORMAT, or an older etarec meta.json) and
   nothing but the files etarec writes. A file, a user's folder, or a dataset with foreign files in
   it is refused with one line: nothing of the user's is ever deleted.
 * Temp folders of a prepare that was killed (their PID is not alive on this machine) are removed
@@ -138,9 +138,7 @@ def summary_line(meta: dict, out: Path) -> str:
 
 def replace_problem(out: Path) -> str | None:
     """Why `out` may not be written (replaced) as a prepared dataset, as one line; None when it may."""
-    out = Path(out)
-    if out.is_symlink():
-        return f"{out} is a symbolic link; etarec replaces only a real folder: {CHOOSE}"
+    out = _target(out)
     if out.exists() and not out.is_dir():
         return f"{out} is a file, not an etarec prepared dataset; etarec never replaces it: {CHOOSE}"
     problem = folder_problem(out)
@@ -166,6 +164,12 @@ def replace_problem(out: Path) -> str | None:
         return (f"{out} is an etarec prepared dataset but also holds files etarec did not write ({shown}); "
                 f"move them out, or {CHOOSE}")
     return None
+
+
+def _target(out: Path) -> Path:
+    """The folder to write: a symbolic link at `out` stays, the dataset goes where it points."""
+    out = Path(out)
+    return out.resolve() if out.is_symlink() else out
 
 
 def _etarec_meta(path: Path) -> bool:
@@ -232,7 +236,7 @@ def clean_stale_temps(out: Path) -> list[Path]:
 def building(out: Path):
     """`with building(out) as folder:` write the dataset's files into `folder` (a temp folder beside
     `out`, with samples/ made); on success it replaces `out`, on any error it is removed."""
-    out = Path(out)
+    out = _target(out)
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out)
