@@ -8,7 +8,14 @@ decimal strings; requests send them as JSON integers, like MovieLens or Taobao i
 
     python benchmarks/serving.py                          # all parts, ~5 minutes on 2 cores
     python benchmarks/serving.py --parts scorer --requests 300
-    python benchmarks/serving.py --parts http --clients 8 --http-requests 400
+    python benchmarks/serving.py --parts http             # ~2 minutes: before/after, 1 and 8 clients, overload
+
+The HTTP part starts `etarec serve` once per setting: --before (default `--workers 0`: the
+one-request-at-a-time service scoring in its own process) and --after (default: the service's
+defaults, one scoring worker per core), each under 1 and 8 closed-loop clients (--clients) with
+history 1000 and 1000 candidates per request; then --after with a small --overload-queue under
+--overload-clients (64) clients that send their next request as soon as one is answered, 503 or
+not. The clients run on the same cores as the service.
 
 Results: benchmarks/results/serving/serving.json (written atomically) and a summary on stdout.
 """
