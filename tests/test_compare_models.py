@@ -28,7 +28,7 @@ def target_vectors(model, batch) -> torch.Tensor:
 
 def long_interest(model, batch) -> torch.Tensor:
     """[B, width] the long interest of each sample's target, as forward computes it"""
-    side = model.user_side(batch.user_history(), shared=False)
+    side = model.prepared(model.user_side(batch.user_history(), shared=False))
     items, categories = batch.target_item[:, None], batch.target_category[:, None]
     candidates = Candidates(items, categories, model.embeddings.items(items, categories))
     return model.long_interest(model.embeddings, side.history, side.long, candidates)[:, 0]

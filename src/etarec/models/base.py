@@ -23,6 +23,7 @@ P = attention projection width, A = attention_dim, Dq = item_dim, Db = behaviour
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,9 @@ class UserSide:
     short: torch.Tensor | None  # [N, S, P] projected short window (None: no short-window attention)
     short_mask: torch.Tensor | None  # [N, S]
     long: Any  # the long interest's own part (its user_side())
-    shared: bool
+    shared: bool  # many candidates per row (see InterestModel.user_side)
+    cache: ItemCache | None = None
+    ready: bool = False  # short and long are made (at once when shared, with the candidate otherwise)
 
 
 class ItemCache:
@@ -192,25 +195,37 @@ class InterestModel(nn.Module):
         """The work of history rows [N, L] that their candidates share. Any L works: the model looks
         at the most recent long_len behaviours; a shared (request) window goes behind enough padding
         columns for top-k and the short window, which padding never wins."""
-        e = self.embeddings
         pad = max(self.top_k, self.short_len, 1)
         if shared or history.length < pad:
             history = history.window(self.long_len, pad)
         elif history.length > self.long_len:
             history = history.window(self.long_len)
-        short = short_mask = None
+        side = UserSide(history, self.embeddings.users(history.user, history.user_profile), None, None, None,
+                        shared, cache)
+        # one candidate per row shares nothing: its row's work waits for the candidate (candidate_logits),
+        # so the embeddings are used in the order target, long, short, and their gradients sum in it
+        return self.prepared(side) if shared else side
+
+    def prepared(self, side: UserSide) -> UserSide:
+        """The side with its short window projected and the long interest's own part made
+        (user_side() returns it so when shared; otherwise candidate_logits() makes it)."""
+        e, history = self.embeddings, side.history
+        short = short_mask = long = None
+        if self.long_interest is not None:
+            long = self.long_interest.user_side(e, history, side.shared, side.cache)
         if self.short_attention is not None:
             start = history.length - self.short_len  # the short window: the last S columns
             short_columns = [column[:, start:] for column in history.behaviour_columns()]
             short, short_mask = self.short_attention.project(e.behaviours(*short_columns)), short_columns[-1]
-        long = self.long_interest.user_side(e, history, shared, cache) if self.long_interest is not None else None
-        return UserSide(history, e.users(history.user, history.user_profile), short, short_mask, long, shared)
+        return dataclasses.replace(side, short=short, short_mask=short_mask, long=long, ready=True)
 
     def candidate_logits(self, side: UserSide, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         """Candidates [N, C] (ids, categories) of each history row -> logits [N, C]. Candidates are
         independent: a caller may split C into chunks."""
         n, c = items.shape
         candidates = Candidates(items, categories, self.embeddings.items(items, categories))  # vectors [N, C, Dq]
+        if not side.ready:
+            side = self.prepared(side)
         parts = [side.user[:, None, :].expand(n, c, -1), candidates.vectors]
         if self.long_interest is not None:
             parts.append(self.long_interest(self.embeddings, side.history, side.long, candidates))  # [N, C, width]
@@ -224,7 +239,7 @@ class InterestModel(nn.Module):
         sample's target, best first (retrieval models only: what their attention sees)."""
         if not isinstance(self.long_interest, RetrievedAttention):
             raise TypeError(f"{type(self).__name__} selects no behaviours from its long window")
-        side = self.user_side(batch.user_history(), shared=False)
+        side = self.prepared(self.user_side(batch.user_history(), shared=False))
         items, categories = batch.target_item[:, None], batch.target_category[:, None]
         candidates = Candidates(items, categories, self.embeddings.items(items, categories))
         index, found = self.long_interest.select(self.embeddings, side.history, side.long.selection, candidates)

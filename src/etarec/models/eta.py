@@ -34,6 +34,7 @@ class SignatureCache(ItemCache):
         self.simhash, self.embeddings = simhash, embeddings
         self.codes = torch.zeros((embeddings.num_items, simhash.words), dtype=torch.int64, device=device)
         self.hashed = torch.zeros(embeddings.num_items, dtype=torch.bool, device=device)
+        self.hashed[0] = True  # padding: retrieval masks it, so its code is never read
 
     @torch.no_grad()
     def fill(self, items: torch.Tensor, categories: torch.Tensor) -> None:
