@@ -159,19 +159,25 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] = ()) -
         raise EtarecError(_explain(error)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def read_yaml(path: str | Path, what: str, example: str) -> dict:
+    """The mapping in a YAML file; a missing file, bad syntax or a non-mapping is one EtarecError.
+    what: "config file", "suite file", ...; example: what to pass instead of a missing file."""
     path = Path(path)
     if not path.is_file():
-        raise EtarecError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        raise EtarecError(f"{what} {path} does not exist; pass {example}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise EtarecError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        raise EtarecError(f"{what} {path} is not valid YAML{where}; fix its syntax") from None
     if not isinstance(raw, dict):
-        raise EtarecError(f"config file {path} must hold a mapping with data/model/train sections")
-    return build_config(raw, overrides)
+        raise EtarecError(f"{what} {path} must hold a mapping of keys to values")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    return build_config(read_yaml(path, "config file", "an existing YAML file to --config"), overrides)
 
 
 def dump_config(config: Config) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from etarec.config import Config, ModelConfig, build_config, load_config
+from etarec.config import Config, ModelConfig, build_config, load_config, read_yaml
 from etarec.errors import EtarecError
 from etarec.models import model_class
 
@@ -77,13 +77,8 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
     """Read and validate a suite: every entry's config is built here, so bad input fails before training.
     `overrides` (key=value) apply to every entry, after the suite's own settings."""
     path = Path(path)
-    if not path.is_file():
-        raise EtarecError(f"suite file {path} does not exist; pass a YAML file such as configs/suites/quickstart.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise EtarecError(f"suite file {path} is not valid YAML; fix its syntax") from None
-    if not isinstance(raw, dict) or not raw.get("base") or not raw.get("models"):
+    raw = read_yaml(path, "suite file", "a YAML file such as configs/suites/quickstart.yaml")
+    if not raw.get("base") or not raw.get("models"):
         raise EtarecError(f"suite file {path} needs `base` (a config file) and `models` (a list of entries)")
     unknown = sorted(set(raw) - SUITE_KEYS)
     if unknown:
