@@ -81,13 +81,15 @@ def _evaluate(args) -> None:
     from etarec.data.batch import BatchBuilder
     from etarec.data.prepare import ensure_prepared
     from etarec.store.checkpoint import load_checkpoint
+    from etarec.train.metrics import length_edges
     from etarec.train.trainer import evaluate_split
 
+    edges = length_edges(args.length_buckets)
     model, config, _ = load_checkpoint(Path(args.checkpoint))  # checks it against the run's config.yaml
     data = ensure_prepared(config.data)
     builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
     metrics = evaluate_split(model, builder, data.splits[args.split], config.train.eval_batch_size,
-                             progress=not args.no_progress, description=args.split)
+                             progress=not args.no_progress, description=args.split, length_edges=edges)
     print(json.dumps({"model": config.model.name, "split": args.split, **metrics}, indent=2))
 
 
@@ -101,7 +103,8 @@ def _compare(args) -> None:
     from etarec.compare import run_suite
 
     for path in run_suite(args.suite, args.out, seeds=args.seeds, sweeps=args.sweep, overrides=args.set,
-                          progress=not args.no_progress, summary_only=args.summary_only):
+                          progress=not args.no_progress, summary_only=args.summary_only,
+                          length_buckets=args.length_buckets):
         print(f"wrote {path}")
 
 
@@ -175,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a split")
     evaluate.add_argument("--checkpoint", required=True, help="a run folder written by `etarec train`")
     evaluate.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    evaluate.add_argument("--length-buckets", default="50,200,1000", metavar="E1,E2,...",
+                          help="edges of the real-history-length buckets of by_length (default 50,200,1000: "
+                          "< 50, 50-200, 200-1000, >= 1000)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(run=_evaluate)
 
@@ -213,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a config value for every entry, e.g. train.max_steps_per_epoch=20")
     compare.add_argument("--summary-only", action="store_true",
                          help="train nothing: write the tables from the runs finished so far, naming the others")
+    compare.add_argument("--length-buckets", metavar="E1,E2,...",
+                         help="edges of the by-history-length tables (default: the suite's length_buckets, else "
+                         "50,200,1000)")
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(run=_compare)
     return parser

@@ -14,12 +14,14 @@ A suite is a YAML file:
     paper:                              # optional: claims checked under the tables (none without it)
       ordering: avg_pool < din < eta <= full_attention   # worst first, on mean test AUC
       versus: [eta vs full_attention]   # AUC gap and cost ratios seed by seed (also at each sweep value)
+    length_buckets: [50, 200, 1000]     # optional: edges of the test-metrics-by-history-length tables
 
 Seed i (0-based) of a run sets train.seed and model.hash_seed to the config's values + i, so the
 spread over seeds covers the weights, the data order and the hash projection. The output folder:
 
     runs/<entry>-<config digest>/seed-<seed>/   one trainer run each (config.yaml, model.pt, metrics.json)
-    summary.json, summary.md, auc_vs_cost.png   the main table
+    summary.json, summary.md, auc_vs_cost.png   the main table (and its metrics by history length)
+    by_length.png                               each model's test AUC gain over DIN per length bucket
     sweep_<entry>_<key>.json / .md / .png       one set per --sweep (sweep_long_len.*: no entry named)
 
 A run whose metrics.json exists and holds the run's config is finished and never redone; a run
@@ -29,7 +31,7 @@ setting reuses the main table's runs (same config, same folder).
 
 Modules, in the order a suite flows through them: suite (read and validate), plan (runs, their
 folders, which are finished), runs (train / resume / keep), recall (retrieval recall of a run),
-tables (summary rows, Markdown), verdicts (the `paper:` claims), plots, driver (run_suite).
+tables (summary rows, Markdown), lengths (metrics by history length), verdicts (the `paper:` claims), plots, driver (run_suite).
 """
 from etarec.compare.driver import run_suite
 from etarec.compare.plan import Run, config_digest, plan_runs

@@ -67,3 +67,23 @@ def plot_sweep(rows: list[dict], sweep: Sweep, path: Path, title: str) -> None:
         axis.legend(fontsize=8)
     figure.suptitle(title)
     _save(plt, figure, path)
+
+
+def plot_gain_by_length(buckets: list[str], series: list[tuple[str, list, list]], path: Path, title: str) -> None:
+    """Grouped bars: each model's test AUC gain over DIN (mean ± std over seeds, seed by seed) per
+    bucket of real history length."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(max(7, 1.2 * len(buckets) * max(len(series), 1) / 3 + 4), 4.5))
+    colours = plt.get_cmap("tab20").colors
+    width = 0.8 / max(len(series), 1)
+    for i, (name, means, stds) in enumerate(series):
+        xs = [b + (i - (len(series) - 1) / 2) * width for b in range(len(buckets))]
+        axes.bar(xs, means, width, yerr=stds, capsize=2, color=colours[i % len(colours)], label=name)
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(buckets)), buckets)
+    axes.set_xlabel("real history length of the sample")
+    axes.set_ylabel("test AUC gain over din")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _save(plt, figure, path)

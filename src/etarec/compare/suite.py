@@ -14,8 +14,9 @@ import yaml
 from etarec.config import Config, ModelConfig, build_config, load_config, read_yaml
 from etarec.errors import EtarecError
 from etarec.models import model_class
+from etarec.train.metrics import DEFAULT_LENGTH_EDGES, length_edges
 
-SUITE_KEYS = {"base", "set", "models", "sweep_models", "paper"}
+SUITE_KEYS = {"base", "set", "models", "sweep_models", "paper", "length_buckets"}
 ENTRY_KEYS = {"name", "model", "set"}
 PAPER_KEYS = {"ordering", "versus"}
 LABEL = re.compile(r"^[A-Za-z0-9_+-]+$")
@@ -46,6 +47,7 @@ class Suite:
     entries: dict[str, Entry]  # label -> entry, in suite order (the tables' order)
     sweep_models: list[str]
     paper: Paper | None  # None: the suite claims nothing, the tables carry no verdict lines
+    length_edges: tuple[int, ...] = DEFAULT_LENGTH_EDGES  # buckets of the by-length tables (`length_buckets`)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,11 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
     for label in sweep_models:
         known_entry(label, entries, f"suite file {path}: sweep_models")
     paper = None if raw.get("paper") is None else _paper(raw["paper"], entries, f"suite file {path}: paper")
-    return Suite(path, entries, list(sweep_models), paper)
+    try:
+        edges = length_edges(raw["length_buckets"]) if raw.get("length_buckets") is not None else DEFAULT_LENGTH_EDGES
+    except EtarecError as error:
+        raise EtarecError(f"suite file {path}: `length_buckets`: {error}") from None
+    return Suite(path, entries, list(sweep_models), paper, edges)
 
 
 def _entry(item: Any, base: Config, shared: list[str], overrides: list[str], path: Path) -> Entry:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from etarec.errors import EtarecError
+
 PROBABILITY_EPS = 1e-7
 
 
@@ -47,3 +49,71 @@ def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
 def all_metrics(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     return {"auc": auc(labels, probabilities), "gauc": gauc(users, labels, probabilities),
             "logloss": logloss(labels, probabilities)}
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics by history length
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_LENGTH_EDGES = (50, 200, 1000)  # buckets < 50, 50-200, 200-1000, >= 1000
+
+
+def length_edges(values) -> tuple[int, ...]:
+    """Bucket edges from "50,200,1000" or a list of ints: positive, strictly increasing; one line otherwise."""
+    texts = values.split(",") if isinstance(values, str) else list(values)
+    try:
+        edges = tuple(int(str(text).strip()) for text in texts)
+    except ValueError:
+        edges = ()
+    if not edges or any(e <= 0 for e in edges) or any(a >= b for a, b in zip(edges, edges[1:])):
+        raise EtarecError(f"length buckets {values!r}: give positive, strictly increasing history lengths, "
+                          "e.g. 50,200,1000 (buckets < 50, 50-200, 200-1000, >= 1000)")
+    return edges
+
+
+def bucket_names(edges) -> list[str]:
+    """[50, 200, 1000] -> ['< 50', '50-200', '200-1000', '>= 1000'] (a bucket holds its lower edge)."""
+    return [f"< {edges[0]}"] + [f"{a}-{b}" for a, b in zip(edges, edges[1:])] + [f">= {edges[-1]}"]
+
+
+def _null(value: float) -> float | None:
+    return None if np.isnan(value) else value
+
+
+def metrics_by_length(users: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, lengths: np.ndarray,
+                      edges=DEFAULT_LENGTH_EDGES) -> dict:
+    """AUC, gAUC and logloss per bucket of real history length (a sample's number of real behaviours
+    before it, not capped by any window: `Samples.position`).
+
+    Bucket b holds edges[b-1] <= length < edges[b]. gAUC is taken over the bucket's rows only (a
+    user whose samples straddle two buckets counts in each with those samples). A metric that has
+    no value (a bucket without samples, with one class, or without a user of both classes) is None
+    and `why_null` says why: never a crash, never NaN in the JSON."""
+    edges = tuple(int(e) for e in edges)
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    users = np.asarray(users)
+    bucket = np.searchsorted(np.asarray(edges), np.asarray(lengths), side="right")  # [N]
+    lows, highs = (0,) + edges, edges + (None,)
+    buckets = []
+    for b, name in enumerate(bucket_names(edges)):
+        rows = bucket == b
+        n = int(rows.sum())
+        entry = {"bucket": name, "min": lows[b], "max": highs[b], "samples": n,
+                 "positive_rate": float(labels[rows].mean()) if n else None, "auc": None, "gauc": None, "logloss": None}
+        why = {}
+        if n == 0:
+            why = {"auc": "no samples", "gauc": "no samples", "logloss": "no samples"}
+        else:
+            y, p, u = labels[rows], probabilities[rows], users[rows]
+            entry["logloss"] = logloss(y, p)
+            entry["auc"] = _null(auc(y, p))
+            if entry["auc"] is None:
+                why["auc"] = f"one class only (all {'positive' if y.min() > 0.5 else 'negative'})"
+            entry["gauc"] = _null(gauc(u, y, p))
+            if entry["gauc"] is None:
+                why["gauc"] = "no user with both classes in this bucket"
+        if why:
+            entry["why_null"] = why
+        buckets.append(entry)
+    return {"edges": list(edges), "buckets": buckets}

@@ -33,7 +33,7 @@ from etarec.nn.embeddings import Vocab
 from etarec.train import distributed
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.distributed import World
-from etarec.train.metrics import all_metrics
+from etarec.train.metrics import DEFAULT_LENGTH_EDGES, all_metrics, metrics_by_length
 from etarec.train.optim import clip_gradients, make_optimizer
 from etarec.train.state import STATE_FILE, Progress, load_state, restore, rng_states, save_state
 
@@ -63,14 +63,18 @@ def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_siz
 
 
 def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
-                   progress: bool = False, description: str = "evaluate", world: World = World()) -> dict[str, float]:
-    """Metrics over a split; with several ranks each predicts its share and all scores are gathered first."""
+                   progress: bool = False, description: str = "evaluate", world: World = World(),
+                   length_edges=None) -> dict:
+    """Metrics over a split; with several ranks each predicts its share and all scores are gathered first.
+    With length_edges, also "by_length": the metrics per bucket of real history length (metrics_by_length)."""
     started = time.perf_counter()
     share = rank_share(np.arange(len(samples)), world.rank, world.size)
     mine = Samples(**{f.name: getattr(samples, f.name)[share] for f in fields(Samples)})
     local, _ = predict(model, builder, mine, batch_size, progress and world.main, description)
     probabilities = world.gather_shares(local, len(samples))
     metrics = all_metrics(samples.user, samples.label, probabilities)
+    if length_edges is not None:
+        metrics["by_length"] = metrics_by_length(samples.user, samples.label, probabilities, samples.position, length_edges)
     metrics["infer_samples_per_second"] = len(samples) / max(time.perf_counter() - started, 1e-9)
     return metrics
 
@@ -217,9 +221,9 @@ def _finish(job: _Job, state: Progress) -> dict:
     best = world.from_main(lambda: load_checkpoint(job.out, expected_model=config.model.name)[0].state_dict())
     job.model.load_state_dict(best)
     valid = evaluate_split(job.model, job.builder, data.splits["valid"], config.train.eval_batch_size,
-                           job.progress, "valid", world)
+                           job.progress, "valid", world, DEFAULT_LENGTH_EDGES)
     test = evaluate_split(job.model, job.builder, data.splits["test"], config.train.eval_batch_size,
-                          job.progress, "test", world)
+                          job.progress, "test", world, DEFAULT_LENGTH_EDGES)
     metrics = {
         "model": config.model.name,
         "dataset": data.meta["dataset"],
