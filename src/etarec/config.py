@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from etarec.errors import EtarecError
 
@@ -103,6 +103,16 @@ class TrainConfig(_Section):
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
     # resumable state (state.pt) every this many steps, and after every epoch; null: after epochs only
     state_every_steps: int | None = Field(500, ge=1)
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast in the training steps
+
+    @model_serializer(mode="wrap")
+    def _without_default_precision(self, handler):
+        """`precision` is left out of dumps while float32, so configs and the digests of recorded
+        runs read as before it existed."""
+        dumped = handler(self)
+        if self.precision == "float32" and isinstance(dumped, dict):
+            dumped.pop("precision", None)
+        return dumped
 
 
 class Config(_Section):

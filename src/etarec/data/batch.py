@@ -91,10 +91,18 @@ class Batch:
         return tensor[:, tensor.shape[1] - self.short_len :]
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The batch on `device`; from pinned memory (pin_memory()) the copies do not block the host."""
+        return self._map(lambda tensor: tensor.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory (one copy), from where copies to a GPU run asynchronously."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, function) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
             if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
+                moved[name] = function(value)
         return Batch(**moved)
 
 

@@ -113,8 +113,13 @@ class SimHashNearest(Selector):
     def _hash_missing(embeddings, items: torch.Tensor, categories: torch.Tensor, cache: SignatureCache) -> None:
         items, categories = items.flatten(), categories.flatten()  # [N*L]
         missing = ~cache.hashed[items]
-        if missing.any():
-            cache.fill(*distinct_items(items[missing], categories[missing], embeddings.num_items))
+        if items.device.type == "cpu":
+            if missing.any():
+                cache.fill(*distinct_items(items[missing], categories[missing], embeddings.num_items))
+            return
+        # on a device, asking whether any is missing would wait for it: the items already hashed get
+        # category 0, which distinct_items reads as absent (ids padded with item 0, see there)
+        cache.fill(*distinct_items(items, torch.where(missing, categories, 0), embeddings.num_items))
 
 
 class ETA(InterestModel):

@@ -59,10 +59,18 @@ def distinct_items(items: torch.Tensor, categories: torch.Tensor, num_items: int
     A scatter into an item-indexed table instead of a sort (torch.unique sorts: 245 ms for
     256 x 16384 ids, one core). An item has one category and every real item has one >= 1
     (padding: 0), so the scatter both finds the distinct items and gives their categories.
+
+    On the CPU U is exact. On other devices the size may not depend on the data (reading the
+    count would wait for the device on every step), so the ids come padded to the bound
+    min(num_items, N) with the padding item 0 (category 0): callers hash or project item 0 too,
+    which padding's zero embedding makes harmless, and retrieval never reads padding.
     """
     category_of = torch.zeros(num_items, dtype=categories.dtype, device=categories.device)
     category_of[items] = categories
-    ids = torch.nonzero(category_of).squeeze(1)  # [U]
+    if items.device.type == "cpu":
+        ids = torch.nonzero(category_of).squeeze(1)  # [U]
+    else:
+        ids = torch.nonzero_static(category_of, size=min(num_items, items.numel()), fill_value=0).squeeze(1)
     return ids, category_of[ids]
 
 

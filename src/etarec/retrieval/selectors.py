@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from etarec.retrieval.simhash import SimHash
+from etarec.retrieval.simhash import SimHash, projected
 
 
 def _recency(length: int, device: torch.device) -> torch.Tensor:
@@ -67,7 +67,7 @@ class BucketHash(SimHash):
     @torch.no_grad()
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[..., D] float -> [..., m / tau] int64 bucket ids"""
-        bits = (embeddings.detach() @ self.projection > 0).to(torch.int64)  # [..., m]
+        bits = (projected(embeddings.detach(), self.projection) > 0).to(torch.int64)  # [..., m]
         groups = bits.view(*bits.shape[:-1], -1, self.tau)  # [..., G, tau]
         powers = 2 ** torch.arange(self.tau, device=bits.device)  # [tau] (a product, not a shift: ONNX shifts only unsigned)
         return (groups * powers).sum(-1)  # [..., G]

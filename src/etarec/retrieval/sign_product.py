@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from etarec.retrieval.fast_path import cpu_fast_path
+from etarec.retrieval.fast_path import cpu_fast_path, device_constant
+from etarec.retrieval.simhash import projected
 
 # float32 holds every integer below 2^24 exactly; the sort keys below stay under this bound
 _FLOAT32_EXACT = 2**24
@@ -34,7 +35,7 @@ def product_dtype(bits: int, keys: torch.dtype) -> torch.dtype:
 
 
 # row b: the 8 bits of byte value b as signs, lowest bit first
-_BYTE_SIGNS = (torch.bitwise_right_shift(torch.arange(256)[:, None], torch.arange(8)) & 1) * 2.0 - 1  # [256, 8]
+_BYTE_SIGNS = (torch.bitwise_right_shift(torch.arange(256)[:, None], torch.arange(8)) & 1) * 2.0 - 1  # [256, 8]; on each device once
 
 
 def unpack_signs(codes: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
@@ -44,13 +45,13 @@ def unpack_signs(codes: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Te
     memory order carry bits 0-7, 8-15, ... of each word.
     """
     octets = codes.contiguous().view(torch.uint8).long()  # [..., 8 W]
-    signs = nn.functional.embedding(octets, _BYTE_SIGNS.to(dtype))  # [..., 8 W, 8]
+    signs = nn.functional.embedding(octets, device_constant(_BYTE_SIGNS, codes.device, dtype))  # [..., 8 W, 8]
     return signs.flatten(-2)[..., :bits]
 
 
 def sign_vectors(embeddings: torch.Tensor, projection: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """[..., D] embeddings -> [..., m] of +-1: the SimHash bits sign(e . H) > 0 as signs."""
-    return torch.where(embeddings @ projection > 0, 1.0, -1.0).to(dtype)
+    return torch.where(projected(embeddings, projection) > 0, 1.0, -1.0).to(dtype)
 
 
 def history_keys(signs: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -6,11 +6,14 @@ current embeddings, which is what makes ETA's retrieval end to end.
 """
 from __future__ import annotations
 
+import warnings
+from functools import cache
+
 import numpy as np
 import torch
 from torch import nn
 
-from etarec.retrieval.fast_path import cpu_fast_path
+from etarec.retrieval.fast_path import compiled_path, cpu_fast_path, device_constant
 
 WORD_BITS = 64
 # SWAR popcount masks for 64-bit words (int64 literals of the usual 0x5555..., 0x3333..., 0x0f0f...)
@@ -24,7 +27,7 @@ def words_for(bits: int) -> int:
     return (bits + WORD_BITS - 1) // WORD_BITS
 
 
-_BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # on each device once (fast_path)
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,7 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
     n_words = words_for(m)
     padded = torch.nn.functional.pad(bits.to(torch.uint8), (0, n_words * WORD_BITS - m))
     octets = padded.view(*bits.shape[:-1], n_words * 8, 8)
-    packed = (octets * _BYTE_WEIGHTS.to(bits.device)).sum(-1, dtype=torch.uint8)  # [..., 8 W]
+    packed = (octets * device_constant(_BYTE_WEIGHTS, bits.device)).sum(-1, dtype=torch.uint8)  # [..., 8 W]
     return packed.contiguous().view(torch.int64)  # [..., W]; byte 0 is the low byte (little-endian)
 
 
@@ -79,29 +82,78 @@ def hamming_top_k(query_codes: torch.Tensor, key_codes: torch.Tensor, key_mask: 
     Returns (index [B, K], found [B, K]) with K = min(k, L), nearest first. Ties go to the more
     recent (higher) position; padding never beats a real key and comes back with found=False.
     """
-    length = key_codes.shape[1]
     distance = hamming(query_codes, key_codes)  # [B, L]
-    # one integer key per position makes the order total: distance first, then recency
+    order_key, beyond_any_distance = _order_keys(distance, key_mask, key_codes.shape[-1])
+    return _smallest_keys(order_key, beyond_any_distance, k)
+
+
+def _order_keys(distance: torch.Tensor, key_mask: torch.Tensor, words: int) -> tuple[torch.Tensor, int]:
+    """One integer key per position makes the order total: distance first, then recency; padding
+    after every real key. -> (keys [B, L], the first key no real position reaches)"""
+    length = distance.shape[1]
     recency = torch.arange(length - 1, -1, -1, device=distance.device)  # [L] 0 = most recent
-    beyond_any_distance = (WORD_BITS * key_codes.shape[-1] + 1) * length
-    order_key = torch.where(key_mask, distance * length + recency, beyond_any_distance + recency)
-    top = min(k, length)
-    selected_key, index = torch.topk(order_key, top, dim=1, largest=False, sorted=True)
+    beyond_any_distance = (WORD_BITS * words + 1) * length
+    return torch.where(key_mask, distance * length + recency, beyond_any_distance + recency), beyond_any_distance
+
+
+def _smallest_keys(order_key: torch.Tensor, beyond_any_distance: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # keys are distinct integers, so the k smallest and their order are unique: any top-k gives them
+    selected_key, index = torch.topk(order_key, min(k, order_key.shape[1]), dim=1, largest=False, sorted=True)
     return index, selected_key < beyond_any_distance
+
+
+def table_order_keys(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
+                     history_mask: torch.Tensor) -> torch.Tensor:
+    """The sort keys of hamming_top_k over table_codes[history_items], as one fusable expression:
+    gather, XOR, popcount, key. int32 where every key fits (half the bytes for the top-k to read)."""
+    words, length = table_codes.shape[1], history_items.shape[1]
+    distance = hamming_torch(query_codes, table_codes[history_items])  # [B, L]
+    keys, _ = _order_keys(distance, history_mask, words)
+    return keys.to(torch.int32) if _fits_int32(words, length) else keys
+
+
+def _fits_int32(words: int, length: int) -> bool:
+    return (WORD_BITS * words + 2) * length < 2**31
+
+
+@cache
+def _compiled_order_keys():
+    # dynamic: one kernel for every batch size and window length (sizes 0 and 1 aside)
+    return torch.compile(table_order_keys, dynamic=True)
+
+
+_compile_failed: list[str] = []  # the error that turned the compiled path off, once
+
+
+def _device_order_keys(query_codes, table_codes, history_items, history_mask) -> torch.Tensor:
+    """table_order_keys in one compiled kernel on a CUDA device (ids, mask and codes read once,
+    int keys written once), eager torch ops elsewhere or when compiling fails."""
+    if compiled_path(history_items) and not _compile_failed:
+        try:
+            return _compiled_order_keys()(query_codes, table_codes, history_items, history_mask)
+        except Exception as error:  # a compiler problem must not stop training; eager gives the same keys
+            _compile_failed.append(f"{type(error).__name__}: {error}")
+            warnings.warn(f"etarec: compiled retrieval failed, using eager torch ops ({_compile_failed[0][:300]})")
+    return table_order_keys(query_codes, table_codes, history_items, history_mask)
 
 
 def table_hamming_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
                         history_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """hamming_top_k over the codes table_codes[history_items] [B, L, W] without materialising them.
 
-    On CPU the fused kernel (native.py) reads each id once and selects by counting; elsewhere, or
-    without a C compiler, the tensor formulation runs. Both return the same indices.
+    On CPU the fused kernel (native.py) reads each id once and selects by counting; elsewhere the
+    keys come from table_order_keys (one compiled kernel on CUDA) and a top-k on the device; on
+    CPU without a C compiler, hamming_top_k. All return the same indices.
     """
     from etarec.retrieval import native  # compiles the kernel on first use
 
-    if cpu_fast_path(history_items) and native.available():
-        return native.hamming_top_k_native(query_codes, table_codes, history_items, history_mask, k)
-    return hamming_top_k(query_codes, table_codes[history_items], history_mask, k)
+    if cpu_fast_path(history_items):
+        if native.available():
+            return native.hamming_top_k_native(query_codes, table_codes, history_items, history_mask, k)
+        return hamming_top_k(query_codes, table_codes[history_items], history_mask, k)
+    keys = _device_order_keys(query_codes, table_codes, history_items, history_mask)
+    beyond_any_distance = (WORD_BITS * table_codes.shape[1] + 1) * history_items.shape[1]
+    return _smallest_keys(keys, beyond_any_distance, k)
 
 
 class SimHash(nn.Module):
@@ -117,4 +169,14 @@ class SimHash(nn.Module):
     @torch.no_grad()
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[..., D] float -> [..., ceil(m / 64)] int64 packed signatures."""
-        return pack_bits(embeddings.detach() @ self.projection > 0)
+        return pack_bits(projected(embeddings.detach(), self.projection) > 0)
+
+
+def projected(embeddings: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """embeddings [..., D] @ projection [D, m] in float32, also under autocast: an item's signature
+    must not depend on the precision a step runs in (bfloat16 would flip the bits near zero)."""
+    kind = embeddings.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        with torch.autocast(kind, enabled=False):
+            return embeddings.float() @ projection.float()
+    return embeddings @ projection

@@ -83,16 +83,19 @@ def _listed(ids: list) -> str:
 
 class Scorer:
     def __init__(self, model: torch.nn.Module, config: Config, catalog: Catalog, version: str,
-                 threads: int | None = None):
+                 threads: int | None = None, device: str | torch.device = "cpu"):
         self.config = config
         self.catalog = catalog
         self.version = version
-        self.model = model.eval()
-        item_category = torch.from_numpy(catalog.item_category)
-        self.cache = model.item_cache()
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        item_category = torch.from_numpy(catalog.item_category).to(self.device)
+        self.cache = model.item_cache()  # on the model's device
         if self.cache is not None:
             with torch.inference_mode():
-                self.cache.fill(torch.arange(len(item_category)), item_category)
+                self.cache.fill(torch.arange(len(item_category), device=self.device), item_category)
+        # CPU: chunks whose intermediates stay in cache; a GPU takes all candidates in one pass
+        self.chunk = CANDIDATE_CHUNK if self.device.type == "cpu" else None
         embeddings = model.embeddings
         self.uses_time, self.uses_action, self.uses_user = embeddings.uses_time, embeddings.uses_action, embeddings.uses_user
         self.threads = threads or torch.get_num_threads()
@@ -100,9 +103,10 @@ class Scorer:
                                         thread_name_prefix="etarec-scorer")
 
     @classmethod
-    def load(cls, folder: str | Path, threads: int | None = None) -> Scorer:
+    def load(cls, folder: str | Path, threads: int | None = None, device: str | torch.device = "cpu") -> Scorer:
         """Load a run folder's model.pt; every problem is one EtarecError naming it and the fix.
-        threads: workers per request (default: torch's thread count)."""
+        threads: workers per request (default: torch's thread count); device: where the model,
+        its item cache and every request's tensors live (probabilities come back as numpy)."""
         model, config, payload = load_checkpoint(Path(folder))
         if "catalog" not in payload:
             raise EtarecError(
@@ -113,7 +117,7 @@ class Scorer:
             raise EtarecError(f"checkpoint {Path(folder) / CHECKPOINT_FILE} is inconsistent: its catalog and "
                               "its item table differ in size; train it again")
         digest = hashlib.sha256((Path(folder) / CHECKPOINT_FILE).read_bytes()).hexdigest()[:12]
-        return cls(model, config, catalog, f"{config.model.name}-{digest}", threads)
+        return cls(model, config, catalog, f"{config.model.name}-{digest}", threads, device)
 
     @property
     def model_name(self) -> str:
@@ -133,16 +137,19 @@ class Scorer:
         if found.unknown:
             warnings.append(f"candidates: {len(found.unknown)} unknown item id(s) scored as the out-of-vocabulary "
                             f"item: {_listed(found.unknown)}")
-        items = torch.from_numpy(found.index)[None, :]  # [1, B]
-        categories = torch.from_numpy(self.catalog.item_category[found.index])[None, :]
-        history = UserHistory(torch.tensor([user_index]), torch.from_numpy(self.catalog.user_profiles[[user_index]]),
-                              *columns)
+        device = self.device
+        items = torch.from_numpy(found.index)[None, :].to(device)  # [1, B]
+        categories = torch.from_numpy(self.catalog.item_category[found.index])[None, :].to(device)
+        history = UserHistory(torch.tensor([user_index], device=device),
+                              torch.from_numpy(self.catalog.user_profiles[[user_index]]).to(device),
+                              *(column.to(device) for column in columns))
         # all torch work runs in the workers, so no thread of this process runs torch multi-threaded
         side = self._pool.submit(self._user_side, history).result()
-        chunks = [(side, items[:, start:start + CANDIDATE_CHUNK], categories[:, start:start + CANDIDATE_CHUNK])
-                  for start in range(0, items.shape[1], CANDIDATE_CHUNK)]
+        chunk = self.chunk or items.shape[1]
+        chunks = [(side, items[:, start:start + chunk], categories[:, start:start + chunk])
+                  for start in range(0, items.shape[1], chunk)]
         logits = torch.cat(list(self._pool.map(self._chunk_logits, chunks)), dim=1)  # [1, B]
-        return Scores(torch.sigmoid(logits[0]).numpy(), warnings)
+        return Scores(torch.sigmoid(logits[0]).cpu().numpy(), warnings)
 
     # inference mode per call: it is thread-local, and these run in the workers
     @torch.inference_mode()

@@ -11,6 +11,8 @@ take the same steps as one. Valid/test predictions are gathered from all ranks a
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -28,6 +30,7 @@ from etarec.config import Config, build_config, dump_config
 from etarec.data.batch import BatchBuilder, epoch_order, rank_share
 from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import PreparedData, Samples
+from etarec.errors import EtarecError
 from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
 from etarec.train import distributed
@@ -100,22 +103,42 @@ class _Job:
             save_state(self.out, self.config, self.data.meta, self.model, self.optimizer, rngs, progress)
 
 
-def _step(job: _Job, samples: Samples, global_index: np.ndarray) -> float:
-    """One optimizer step on a global batch; returns the batch's BCE sum over all ranks."""
+def _precision(precision: str, device: torch.device):
+    """train.precision: float32 runs as written; bfloat16 autocasts the forward pass and loss (the
+    weights, their gradients and the optimizer stay float32; signatures are hashed in float32)."""
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _step(job: _Job, samples: Samples, global_index: np.ndarray) -> torch.Tensor:
+    """One optimizer step on a global batch; returns the batch's BCE sum over all ranks as a 0-d
+    tensor on the device: reading it waits for the device, so the loop reads it only when needed."""
     world = job.world
     local, scale = world.local_batch(global_index)
-    batch = job.builder.build(samples, local).to(world.device)
-    losses = nn.functional.binary_cross_entropy_with_logits(job.replica(batch), batch.labels, reduction="none")
+    batch = job.builder.build(samples, local)
+    if world.device.type == "cuda":
+        batch = batch.pin_memory()  # page-locked, so the copy below leaves the host free to go on
+    batch = batch.to(world.device)
+    with _precision(job.config.train.precision, world.device):
+        losses = nn.functional.binary_cross_entropy_with_logits(job.replica(batch), batch.labels, reduction="none")
     job.optimizer.zero_grad(set_to_none=True)
     (losses.sum() * scale).backward()
     if job.config.train.grad_clip:
         clip_gradients(list(job.model.parameters()), job.config.train.grad_clip)
     job.optimizer.step()
-    return world.sum(losses.detach().sum() * bool(scale)).item()
+    return world.sum(losses.detach().sum() * bool(scale))
+
+
+POSTFIX_SECONDS = 0.5  # the progress bar's loss is refreshed this often (each refresh reads the device)
 
 
 def _train_epoch(job: _Job, state: Progress) -> None:
-    """Run the current epoch from state.step to its end, saving state every state_every_steps."""
+    """Run the current epoch from state.step to its end, saving state every state_every_steps.
+
+    Step losses stay on the device until the bar, a state save or the epoch's end needs them; they
+    are then added to epoch_loss_sum one by one, in step order, as Python floats (the same sum as
+    reading each at once)."""
     train_config = job.config.train
     samples = job.data.splits["train"]
     steps = math.ceil(len(samples) / train_config.batch_size)
@@ -125,20 +148,34 @@ def _train_epoch(job: _Job, state: Progress) -> None:
     job.replica.train()
     bar = tqdm(total=steps, initial=state.step, desc=f"epoch {state.epoch + 1}/{train_config.epochs}",
                disable=not (job.progress and job.world.main), leave=False)
-    started = time.perf_counter()
+    pending: list[tuple[torch.Tensor, int]] = []  # (loss sum, samples) of steps not yet read
+
+    def read_pending() -> None:
+        if not pending:
+            return
+        loss_sums = torch.stack([loss_sum for loss_sum, _ in pending]).tolist()  # one wait for all of them
+        for loss_sum in loss_sums:
+            state.epoch_loss_sum += loss_sum
+        bar.set_postfix(loss=f"{loss_sums[-1] / pending[-1][1]:.4f}")
+        pending.clear()
+
+    started = shown = time.perf_counter()
     while state.step < steps:
         global_index = order[state.step * train_config.batch_size : (state.step + 1) * train_config.batch_size]
-        loss_sum = _step(job, samples, global_index)
+        pending.append((_step(job, samples, global_index), len(global_index)))
         state.step += 1
-        state.epoch_loss_sum += loss_sum
         state.epoch_samples += len(global_index)
         bar.update()
-        bar.set_postfix(loss=f"{loss_sum / len(global_index):.4f}")
+        if not bar.disable and time.perf_counter() - shown >= POSTFIX_SECONDS:
+            read_pending()
+            shown = time.perf_counter()
         every = train_config.state_every_steps
         if every and state.step % every == 0 and state.step < steps:
+            read_pending()
             state.epoch_seconds += time.perf_counter() - started
             job.save_state(state)
             started = time.perf_counter()  # the save is not training time
+    read_pending()
     state.epoch_seconds += time.perf_counter() - started
     bar.close()
 
@@ -247,11 +284,17 @@ def _finish(job: _Job, state: Progress) -> dict:
     return metrics
 
 
-def train(config: Config, out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None) -> dict:
+def train(config: Config, out: str | Path, progress: bool = True, log=print, data: PreparedData | None = None,
+          device: str | torch.device | None = None) -> dict:
     """Train `config` into folder `out` (config.yaml, model.pt of the best epoch, state.pt,
-    metrics.json), on all processes that torchrun started (or this one alone)."""
+    metrics.json), on all processes that torchrun started (or this one alone). device: where one
+    process trains (default: CUDA when there is one, else the CPU); several take one GPU each."""
     model_class(config.model.name)  # fail on a bad name before writing or preparing anything
     with distributed.started() as world:
+        if device is not None:
+            if world.size > 1:
+                raise EtarecError("train(device=...) is for one process; under torchrun each process takes its GPU")
+            world = dataclasses.replace(world, device=torch.device(device))
         return _fit(config, Path(out), world, progress, log, data, saved=None)
 
 
