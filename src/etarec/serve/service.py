@@ -492,8 +492,14 @@ def create_app(scorer: Scorer | None = None, limits: Limits = Limits(), workers:
 
     @app.post("/score")
     async def score(http: Request) -> JSONResponse:
+        body = await http.body()  # read even when refusing: the connection stays usable
+        if dispatcher.full:  # refused before any parsing: under overload a 503 must cost next to nothing
+            retry = dispatcher.retry_after()
+            return _error(503, f"service: busy, {len(dispatcher.workers)} request(s) being scored and "
+                               f"{dispatcher.queue} waiting (--queue); retry after {retry} s, or start the "
+                               "service with more --workers", {"Retry-After": str(retry)})
         try:  # pydantic's own JSON parser: invalid UTF-8 or deep nesting are its errors, not exceptions
-            request = ScoreRequest.model_validate_json(await http.body())
+            request = ScoreRequest.model_validate_json(body)
         except ValidationError as error:
             return _error(422, _validation_message(error.errors()))
         for field, given, limit, option in (
@@ -502,11 +508,6 @@ def create_app(scorer: Scorer | None = None, limits: Limits = Limits(), workers:
             if given > limit:
                 return _error(413, f"{field}: {given} given, the limit is {limit}; split the request "
                                    f"or start the service with a larger {option}")
-        if dispatcher.full:
-            retry = dispatcher.retry_after()
-            return _error(503, f"service: busy, {len(dispatcher.workers)} request(s) being scored and "
-                               f"{dispatcher.queue} waiting (--queue); retry after {retry} s, or start the "
-                               "service with more --workers", {"Retry-After": str(retry)})
         job = {"items": request.history.items, "timestamps": request.history.timestamps,
                "actions": request.history.actions, "candidates": request.candidates,
                "request_time": request.request_time, "user": request.user}
