@@ -8,6 +8,7 @@ decimal strings; requests send them as JSON integers, like MovieLens or Taobao i
 
     python benchmarks/serving.py                          # all parts, ~5 minutes on 2 cores
     python benchmarks/serving.py --parts scorer --requests 300
+    python benchmarks/serving.py --parts scorer --device cuda --threads 1   # the Scorer on a GPU
     python benchmarks/serving.py --parts http             # ~2 minutes: before/after, 1 and 8 clients, overload
 
 The HTTP part starts `etarec serve` once per setting: --before (default `--workers 0`: the
@@ -108,17 +109,18 @@ def timed(fn, inputs: list, warmup: int = 10) -> dict:
                                  "loadavg_1min_after": os.getloadavg()[0]}
 
 
-def scorer_part(folders: dict[int, Path], shapes: list[tuple[int, int]], requests: int, threads: list[int]) -> list[dict]:
+def scorer_part(folders: dict[int, Path], shapes: list[tuple[int, int]], requests: int, threads: list[int],
+                device: str = "cpu") -> list[dict]:
     results = []
     for length, candidates in shapes:
         inputs = make_requests(requests, length, candidates, seed=length)
         for count in threads:
             torch.set_num_threads(count)
-            scorer = Scorer.load(folders[length], threads=count)
+            scorer = Scorer.load(folders[length], threads=count, device=device)
             result = timed(lambda request, scorer=scorer: scorer.score(**request), inputs)
             results.append({"what": "Scorer.score (raw ids in, probabilities out)", "L": length, "B": candidates,
-                            "threads": count, **result})
-            print(f"Scorer      L={length:5d} B={candidates:4d} threads={count}: p50 {result['p50_ms']:6.1f} ms  "
+                            "threads": count, "device": device, **result})
+            print(f"Scorer {device:4s} L={length:5d} B={candidates:4d} threads={count}: p50 {result['p50_ms']:6.1f} ms  "
                   f"p99 {result['p99_ms']:6.1f} ms  cpu p50 {result['cpu_ms']['p50_ms']:6.1f} ms  "
                   f"(load {result['loadavg_1min_before']:.1f})")
     return results
@@ -373,6 +375,7 @@ def main() -> None:
                         choices=["scorer", "onnx", "forward", "http"])
     parser.add_argument("--requests", type=int, default=300, help="timed requests per Scorer / ONNX measurement")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="Scorer worker threads (and torch threads of the caller)")
+    parser.add_argument("--device", default="cpu", help="where the Scorer part runs: cpu or cuda")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="closed-loop HTTP clients per run")
     parser.add_argument("--http-requests", type=int, default=320, help="requests per HTTP run")
     parser.add_argument("--http-history", type=int, default=1000, help="history length of each HTTP request")
@@ -387,13 +390,14 @@ def main() -> None:
     args = parser.parse_args()
 
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "numpy": np.__version__},
+                          "torch": torch.__version__, "numpy": np.__version__, "scorer_device": args.device,
+                          "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
               "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": []}
     shapes = [(1024, 1024), (10_000, 1000)]
     with tempfile.TemporaryDirectory(prefix="etarec-serving-") as tmp:
         folders = {length: make_checkpoint(Path(tmp) / f"L{length}", length) for length, _ in shapes}
         if "scorer" in args.parts:
-            report["results"] += scorer_part(folders, shapes, args.requests, args.threads)
+            report["results"] += scorer_part(folders, shapes, args.requests, args.threads, args.device)
         if "onnx" in args.parts:
             report["results"] += onnx_part(folders[1024], 1024, 1024, args.requests, max(args.threads))
         if "forward" in args.parts:

@@ -9,6 +9,11 @@ category), user id, 64 bits, k 64, short 50, attention 64 x 2 heads, DNN [200, 8
 
     python benchmarks/train_cost.py --workload ~/.cache/etarec-peer-data/synth_i100000_s2024
     python benchmarks/train_cost.py --workload .bench/synth_long16k --L 256,1024,4096,16384 --models eta,din,full_attention
+    python benchmarks/train_cost.py --workload .bench/synth_long16k --device cuda --models eta,full_attention
+
+With --device cuda the model and the 6 batches live on the GPU (copied once from pinned memory,
+timed apart like the building); every timed step ends in a read of its loss, so the times are the
+device's. --precision bfloat16 autocasts the training steps (as train.precision does).
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ PEER_CONFIG = {"embedding_dim": 32, "short_len": 50, "hash_bits": 64, "top_k": 6
                "mlp": [200, 80], "use_user_id": True, "use_profile": False, "use_time": False, "use_action": False}
 
 
-def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: int | None) -> dict:
+def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: int | None, device: str = "cpu",
+            precision: str = "float32") -> dict:
+    import contextlib
+
     import torch
 
     from etarec.config import build_config
@@ -43,19 +51,33 @@ def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: 
     data = load_prepared(prepared)
     config = build_config({"model": {**PEER_CONFIG, "name": model_name, "long_len": length,
                                      "top_k": min(64, length), "sparse_embeddings": sparse}})
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = build_model(config.model, Vocab.from_meta(data.meta))
+    model = build_model(config.model, Vocab.from_meta(data.meta)).to(device)
     optimizer = make_optimizer(model, config.train)
     builder = BatchBuilder(data, length, config.model.short_len)
-    build_ms, batches = [], []
+    build_ms, copy_ms, batches = [], [], []
     for i in range(6):
         started = time.perf_counter()
         batches.append(builder.build(data.splits["train"], np.arange(i * 256, (i + 1) * 256)))
         build_ms.append(1000 * (time.perf_counter() - started))
+    pad_frac = float(1 - np.mean([b.history_mask.float().mean().item() for b in batches]))
+    if device.type == "cuda":
+        for i, batch in enumerate(batches):
+            pinned = batch.pin_memory()
+            torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            batches[i] = pinned.to(device)
+            torch.cuda.synchronize(device)
+            copy_ms.append(1000 * (time.perf_counter() - started))
+        torch.cuda.reset_peak_memory_stats(device)
     parameters = list(model.parameters())
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bfloat16" \
+        else contextlib.nullcontext
 
     def train_step(batch):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
+        with autocast():
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
         optimizer.zero_grad()
         loss.backward()
         clip_gradients(parameters, 10.0)
@@ -80,12 +102,16 @@ def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: 
     train_sps, train_steps, train_ms = run(train_step, 40, 20.0)
     model.eval()
     infer_sps, infer_steps, infer_ms = run(infer_step, 80, 10.0)
-    return {"model": model_name, "L": length, "sparse_embeddings": sparse, "train_sps": train_sps,
-            "infer_sps": infer_sps, "train_ms_per_step": train_ms, "infer_ms_per_step": infer_ms,
-            "train_steps": train_steps, "infer_steps": infer_steps, "build_ms_per_batch": float(np.median(build_ms)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads(), "num_items": data.meta["num_items"],
-            "pad_frac": float(1 - np.mean([b.history_mask.float().mean().item() for b in batches]))}
+    point = {"model": model_name, "L": length, "sparse_embeddings": sparse, "train_sps": train_sps,
+             "infer_sps": infer_sps, "train_ms_per_step": train_ms, "infer_ms_per_step": infer_ms,
+             "train_steps": train_steps, "infer_steps": infer_steps, "build_ms_per_batch": float(np.median(build_ms)),
+             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "threads": torch.get_num_threads(), "num_items": data.meta["num_items"], "pad_frac": pad_frac,
+             "device": str(device), "precision": precision}
+    if device.type == "cuda":
+        point |= {"device_name": torch.cuda.get_device_name(device), "copy_ms_per_batch": float(np.median(copy_ms)),
+                  "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    return point
 
 
 def prepare_workload(workload: Path, cache: Path) -> Path:
@@ -106,13 +132,16 @@ def main() -> None:
     parser.add_argument("--L", default="256,1024,4096,16384")
     parser.add_argument("--sparse", action="store_true", help="sparse embedding gradients + SparseAdam")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="of the training steps")
     parser.add_argument("--cache", type=Path, default=SCRATCH, help="where prepared workloads are kept")
     parser.add_argument("--out", type=Path, default=OUT / "train_cost.json")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # model,L,prepared: run one point in this process
     args = parser.parse_args()
     if args.point:
         model_name, length, prepared = args.point.split(",", 2)
-        print(json.dumps(measure(prepared, model_name, int(length), args.sparse, args.threads)))
+        print(json.dumps(measure(prepared, model_name, int(length), args.sparse, args.threads, args.device,
+                                 args.precision)))
         return
     prepared = prepare_workload(args.workload, args.cache)
     points = []
@@ -120,8 +149,8 @@ def main() -> None:
     for length in map(int, args.L.split(",")):
         for model_name in args.models.split(","):
             command = [sys.executable, __file__, "--workload", str(args.workload), "--point",
-                       f"{model_name},{length},{prepared}"] + (["--sparse"] if args.sparse else []) \
-                + (["--threads", str(args.threads)] if args.threads else [])
+                       f"{model_name},{length},{prepared}", "--device", args.device, "--precision", args.precision] \
+                + (["--sparse"] if args.sparse else []) + (["--threads", str(args.threads)] if args.threads else [])
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 tail = result.stderr.strip().splitlines()[-1:] or ["?"]
@@ -136,7 +165,8 @@ def main() -> None:
     tmp = args.out.with_suffix(".tmp")
     workload = {"name": args.workload.name,
                 "sha256_all": json.loads((args.workload / "meta.json").read_text())["sha256"]["all"]}
-    tmp.write_text(json.dumps({"workload": workload, "points": points}, indent=2))
+    tmp.write_text(json.dumps({"workload": workload, "device": args.device, "precision": args.precision,
+                               "points": points}, indent=2))
     tmp.replace(args.out)
     plot(points, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")

@@ -9,6 +9,20 @@ from etarec.nn.embeddings import Vocab
 
 VOCAB = Vocab(num_users=10, num_items=200, num_categories=12, num_actions=6, profile_sizes=(3, 4))
 
+# every device test runs on the CPU and on CUDA; `pytest -m cuda` runs the CUDA cases alone
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")])]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: runs on a CUDA device; skipped where none is visible")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device present: 'cpu', and 'cuda' where torch sees a GPU."""
+    return torch.device(request.param)
+
 
 def synthetic_batch(batch=4, long_len=16, short_len=4, seed=0, valid_from=None) -> Batch:
     """Random ids; row b has real behaviours in columns >= valid_from[b] (left padding)."""

@@ -205,14 +205,15 @@ def repeat_histories(batch, times: int):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("attention", ["multihead", "din"])
-def test_shared_history_scores_many_candidates_as_forward_scores_each(name, attention):
+def test_shared_history_scores_many_candidates_as_forward_scores_each(name, attention, device):
     """What serving relies on: candidate_logits over C candidates of one shared user side (each
     window embedded and projected once) equals forward over a batch that repeats the history for
-    each candidate, and forward(batch) itself is the first candidate's column."""
+    each candidate, and forward(batch) itself is the first candidate's column. On every device."""
     model, _ = make(name, attention=attention, sdim_hashes=12, sdim_tau=3)
     if attention == "din" and not any(isinstance(m, DinAttention) for m in model.modules()):
         pytest.skip(f"{name} has no attention that model.attention configures")
-    model.eval()  # dropout off; random weights as initialised
+    model.eval().to(device)  # dropout off; random weights as initialised
+    tolerance = 1e-6 if device.type == "cpu" else 1e-5  # a GPU's GEMMs sum in shape-dependent orders
     rows, c = 7, 4
     batch = synthetic_batch(batch=rows, seed=3, valid_from=[16, 0, 9, 16, 15, 3, 12])  # two empty, one full
     # one category per item, as in the data (ETA's signatures and SIM's search read categories by item)
@@ -223,14 +224,16 @@ def test_shared_history_scores_many_candidates_as_forward_scores_each(name, atte
     items, categories = batch.target_item[pick], batch.target_category[pick]  # [B, C]
     repeated = repeat_histories(batch, c)
     repeated.target_item, repeated.target_category = items.flatten(), categories.flatten()
+    batch, repeated, items, categories = batch.to(device), repeated.to(device), items.to(device), categories.to(device)
     with torch.no_grad():
         expected = model(repeated).view(rows, c)  # one candidate per history row, as in training
-        torch.testing.assert_close(model(batch), expected[:, 0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model(batch), expected[:, 0], rtol=tolerance, atol=tolerance)
         for shared in (True, False):
             caches = [None, model.item_cache()] if model.item_cache() is not None else [None]
             for cache in caches:
                 side = model.user_side(batch.user_history(), shared=shared, cache=cache)
                 got = model.candidate_logits(side, items, categories)  # [B, C]
-                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6,
+                assert got.device.type == expected.device.type == device.type
+                torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance,
                                            msg=lambda m: f"shared={shared} cache={cache is not None}: {m}")
                 assert torch.isfinite(got).all()

@@ -5,7 +5,8 @@ import torch
 
 from etarec.retrieval import native
 from etarec.retrieval.sign_product import history_keys, nearest, unpack_signs
-from etarec.retrieval.simhash import SimHash, hamming, hamming_top_k, hamming_torch, pack_bits, popcount
+from etarec.retrieval.simhash import (SimHash, device_table_top_k, hamming, hamming_top_k, hamming_torch, pack_bits,
+                                      popcount, table_hamming_top_k)
 
 
 def reference_top_k(query_bits, key_bits, mask, k):
@@ -21,36 +22,56 @@ def reference_top_k(query_bits, key_bits, mask, k):
 
 
 @pytest.mark.parametrize("bits", [1, 3, 13, 63, 64, 65, 100])
-def test_packed_popcount_counts_bits(bits):
+def test_packed_popcount_counts_bits(bits, device):
     rng = np.random.default_rng(bits)
-    a = torch.from_numpy(rng.random((50, bits)) < 0.5)
-    b = torch.from_numpy(rng.random((50, bits)) < 0.5)
+    a = torch.from_numpy(rng.random((50, bits)) < 0.5).to(device)
+    b = torch.from_numpy(rng.random((50, bits)) < 0.5).to(device)
     packed_a, packed_b = pack_bits(a), pack_bits(b)
     assert packed_a.dtype == torch.int64 and packed_a.shape == (50, (bits + 63) // 64)
+    assert packed_a.device.type == device.type
     assert torch.equal(popcount(packed_a).sum(-1), a.sum(-1))
     expected = (a != b).sum(-1)
     assert torch.equal(hamming(packed_a, packed_b[:, None, :]).squeeze(1), expected)
     assert torch.equal(hamming_torch(packed_a, packed_b[:, None, :]).squeeze(1), expected)
 
 
-def test_popcount_extreme_words():
-    words = torch.tensor([0, -1, 1, -(2**63), 2**63 - 1, 0x5555555555555555])
+def test_popcount_extreme_words(device):
+    words = torch.tensor([0, -1, 1, -(2**63), 2**63 - 1, 0x5555555555555555], device=device)
     assert popcount(words).tolist() == [0, 64, 1, 1, 63, 32]
+
+
+def as_table(key_codes):
+    """A table holding each position's codes [B * L, W] and the ids [B, L] that read it back."""
+    batch, length, words = key_codes.shape
+    return key_codes.reshape(batch * length, words), torch.arange(batch * length, device=key_codes.device).view(batch, length)
 
 
 def native_top_k(query_codes, key_codes, mask, k):
     """The fused kernel over a table holding each position's codes, ids = positions."""
     if not native.available():
         pytest.skip("no C compiler: the fused kernel is not built (the tensor path is tested)")
-    batch, length, words = key_codes.shape
-    table = key_codes.reshape(batch * length, words)
-    items = torch.arange(batch * length).view(batch, length)
-    return native.hamming_top_k_native(query_codes, table, items, mask, k)
+    if query_codes.device.type != "cpu":
+        pytest.skip("the fused kernel is CPU-only")
+    return native.hamming_top_k_native(query_codes, *as_table(key_codes), mask, k)
 
 
-@pytest.mark.parametrize("top_k", [hamming_top_k, native_top_k], ids=["tensor", "native"])
+def table_top_k(query_codes, key_codes, mask, k):
+    """What ETA calls, on the inputs' device: the native kernel on CPU, gather + keys + top-k elsewhere."""
+    return table_hamming_top_k(query_codes, *as_table(key_codes), mask, k)
+
+
+def device_top_k(query_codes, key_codes, mask, k):
+    """The off-CPU formulation on any device (compiled on CUDA, eager torch ops elsewhere)."""
+    return device_table_top_k(query_codes, *as_table(key_codes), mask, k)
+
+
+TOP_K = [hamming_top_k, native_top_k, table_top_k, device_top_k]
+TOP_K_IDS = ["tensor", "native", "table", "device_formulation"]
+
+
+@pytest.mark.parametrize("top_k", TOP_K, ids=TOP_K_IDS)
 @pytest.mark.parametrize("seed", range(12))
-def test_top_k_equals_brute_force(seed, top_k):
+def test_top_k_equals_brute_force(seed, top_k, device):
     rng = np.random.default_rng(seed)
     batch = int(rng.integers(1, 6))
     length = int(rng.integers(1, 40))
@@ -62,20 +83,23 @@ def test_top_k_equals_brute_force(seed, top_k):
     mask[0] = False  # an all-padding row
     if batch > 1:
         mask[1] = True  # a row without padding
-    index, found = top_k(pack_bits(torch.from_numpy(query)), pack_bits(torch.from_numpy(keys)),
-                         torch.from_numpy(mask), k)
+    index, found = top_k(pack_bits(torch.from_numpy(query).to(device)), pack_bits(torch.from_numpy(keys).to(device)),
+                         torch.from_numpy(mask).to(device), k)
     assert index.shape == found.shape == (batch, min(k, length))
+    assert index.device.type == found.device.type == device.type
+    index, found = index.cpu(), found.cpu()
     for row, expected in enumerate(reference_top_k(query, keys, mask, k)):
         n = len(expected)
         assert found[row].tolist() == [True] * n + [False] * (index.shape[1] - n), "padding retrieved or real key lost"
         assert index[row, :n].tolist() == expected
 
 
-@pytest.mark.parametrize("top_k", [hamming_top_k, native_top_k], ids=["tensor", "native"])
-def test_padding_never_wins_even_with_identical_codes(top_k):
-    codes = torch.zeros(1, 6, 1, dtype=torch.int64)  # every key at distance 0
-    mask = torch.tensor([[False, False, True, False, True, False]])
-    index, found = top_k(torch.zeros(1, 1, dtype=torch.int64), codes, mask, 4)
+@pytest.mark.parametrize("top_k", TOP_K, ids=TOP_K_IDS)
+def test_padding_never_wins_even_with_identical_codes(top_k, device):
+    codes = torch.zeros(1, 6, 1, dtype=torch.int64, device=device)  # every key at distance 0
+    mask = torch.tensor([[False, False, True, False, True, False]], device=device)
+    index, found = top_k(torch.zeros(1, 1, dtype=torch.int64, device=device), codes, mask, 4)
+    index, found = index.cpu(), found.cpu()
     assert index[0, :2].tolist() == [4, 2]  # the more recent of the tied real keys first
     assert found[0].tolist() == [True, True, False, False]
 
@@ -92,7 +116,7 @@ def test_simhash_bits_are_float_signs_of_the_fixed_projection():
 
 
 @pytest.mark.parametrize("bits", [5, 64, 72, 130])
-def test_sign_product_retrieval_for_many_candidates_equals_the_brute_force_reference(bits):
+def test_sign_product_retrieval_for_many_candidates_equals_the_brute_force_reference(bits, device):
     """Serving's layout: C candidates share each history row, all distances from one sign product."""
     g = torch.Generator().manual_seed(bits)
     rows, candidates, length, k = 6, 3, 40, 7
@@ -102,11 +126,13 @@ def test_sign_product_retrieval_for_many_candidates_equals_the_brute_force_refer
     query_bits = torch.rand((rows, candidates, bits), generator=g) > 0.5  # [N, C, m]
     mask = torch.arange(length)[None, :] >= torch.tensor([0, 3, 20, 36, 40, 39])[:, None]  # left padding
     for dtype in (torch.float32, torch.bfloat16):  # the graph's and the Scorer's sign product
-        signs = unpack_signs(pack_bits(history_bits), bits, dtype)
-        assert torch.equal(signs.float(), history_bits.float() * 2 - 1), "unpack_signs does not invert pack_bits"
-        history, bias, beyond = history_keys(signs, mask, torch.float32)
-        index, found = nearest(unpack_signs(pack_bits(query_bits), bits, dtype), history, bias, beyond, k)
+        signs = unpack_signs(pack_bits(history_bits.to(device)), bits, dtype)
+        assert torch.equal(signs.float().cpu(), history_bits.float() * 2 - 1), "unpack_signs does not invert pack_bits"
+        history, bias, beyond = history_keys(signs, mask.to(device), torch.float32)
+        index, found = nearest(unpack_signs(pack_bits(query_bits.to(device)), bits, dtype), history, bias, beyond, k)
         assert index.shape == found.shape == (rows, candidates, k)
+        assert index.device.type == device.type
+        index, found = index.cpu(), found.cpu()
         for c in range(candidates):
             expected = reference_top_k(query_bits[:, c], history_bits, mask, k)
             for row in range(rows):
