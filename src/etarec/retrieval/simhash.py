@@ -151,6 +151,13 @@ def table_hamming_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, hi
         if native.available():
             return native.hamming_top_k_native(query_codes, table_codes, history_items, history_mask, k)
         return hamming_top_k(query_codes, table_codes[history_items], history_mask, k)
+    return device_table_top_k(query_codes, table_codes, history_items, history_mask, k)
+
+
+def device_table_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
+                       history_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """table_hamming_top_k off the CPU: the keys of table_order_keys, then one top-k, on the device
+    of the inputs (runs anywhere; the compiled kernel only on CUDA)."""
     keys = _device_order_keys(query_codes, table_codes, history_items, history_mask)
     beyond_any_distance = (WORD_BITS * table_codes.shape[1] + 1) * history_items.shape[1]
     return _smallest_keys(keys, beyond_any_distance, k)
