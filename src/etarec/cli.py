@@ -25,7 +25,35 @@ def _prepare(args) -> None:
 
         prepare_taobao_stream(data, Path(args.out) if args.out else None)
         return
-    prepare(data, Path(args.out) if args.out else None)
+    _print_bayes(prepare(data, Path(args.out) if args.out else None))
+
+
+def _print_bayes(folder: Path) -> None:
+    """A generated dataset's ceiling (synth-long's Bayes-optimal AUC per split), after its summary line."""
+    from etarec.data.synth import bayes_line
+
+    line = bayes_line(json.loads((Path(folder) / "meta.json").read_text()))
+    if line:
+        print(line)
+
+
+SYNTH_KNOBS = ("users", "interests", "long_len", "relevant_back", "catalog", "topics", "category_agreement",
+               "samples_per_user")
+
+
+def _synth(args) -> None:
+    from etarec.config import build_config
+    from etarec.data.prepare import prepare
+    from etarec.data.synth import NAME
+
+    knobs = {key: getattr(args, key) for key in SYNTH_KNOBS if getattr(args, key) is not None}
+    data = {"dataset": NAME, "prepared_dir": args.out, "synth": knobs, **({"seed": args.seed} if args.seed is not None else {})}
+    config = build_config({"data": data})  # one line for a bad knob
+    _print_bayes(prepare(config.data, Path(args.out)))
+    sets = " ".join(f"--set data.{key}={value}" for key, value in
+                    [("dataset", NAME), ("prepared_dir", args.out), *[(f"synth.{k}", v) for k, v in knobs.items()],
+                     *([("seed", args.seed)] if args.seed is not None else [])])
+    print(f"train on it (the same data section, else it is generated again): etarec train --config ... {sets}")
 
 
 def _train(args) -> None:
@@ -164,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--stream", action="store_true",
                          help="Taobao only: stream the CSVs with bounded memory (any size; malformed lines are counted and dropped)")
     prepare.set_defaults(run=_prepare)
+
+    synth = commands.add_parser("synth", help="generate the long-interest benchmark (dataset synth-long) with a "
+                                "known answer: its Bayes-optimal AUC is in meta.json")
+    synth.add_argument("--out", required=True, help="output folder (as prepare --out)")
+    synth.add_argument("--users", type=int, help="users (default 8000; 80/10/10 train/valid/test)")
+    synth.add_argument("--interests", type=int, help="long-lived interests per user: 1 current, the rest dormant (default 4)")
+    synth.add_argument("--long-len", dest="long_len", type=int,
+                       help="behaviours before a user's first sample, x U[0.75, 1.25] (default 1024)")
+    synth.add_argument("--relevant-back", dest="relevant_back", type=int,
+                       help="how far back (behaviours) the dormant interests were last active (default 512)")
+    synth.add_argument("--catalog", type=int, help="items (default 10000)")
+    synth.add_argument("--topics", type=int, help="latent topics = categories (default 100)")
+    synth.add_argument("--category-agreement", dest="category_agreement", type=float,
+                       help="share of items whose category is their latent topic (default 0.7)")
+    synth.add_argument("--samples-per-user", dest="samples_per_user", type=int, help="default 40")
+    synth.add_argument("--seed", type=int, help="generator seed (data.seed, default 2024)")
+    synth.set_defaults(run=_synth)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("--config")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
@@ -31,6 +31,34 @@ class EventsColumns(_Section):
     label: str | None = None
 
 
+class SynthConfig(_Section):
+    """Knobs of the synthetic long-interest benchmark (`data.dataset: synth-long`, data/synth.py;
+    its seed is data.seed). The defaults are the documented benchmark; see data/synth.py."""
+
+    users: int = Field(8000, ge=10)
+    interests: int = Field(4, ge=2)  # long-lived interests per user: 1 current, the others dormant
+    long_len: int = Field(1024, ge=16)  # behaviours before a user's first sample: long_len x U[0.75, 1.25]
+    relevant_back: int = Field(512, ge=4)  # distance (behaviours) of the dormant interests' last episode
+    catalog: int = Field(10000, ge=20)  # items
+    topics: int = Field(100, ge=2)  # latent topics (= categories, before the disagreement)
+    category_agreement: float = Field(0.7, ge=0.0, le=1.0)  # share of items whose category is their topic
+    samples_per_user: int = Field(40, ge=1)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "SynthConfig":
+        if self.interests >= self.topics:
+            raise ValueError(f"interests={self.interests} needs topics > {self.interests} (not {self.topics}): a user's "
+                             "interests are distinct topics, and noise and outside candidates come from the others")
+        if self.catalog < 2 * self.topics:
+            raise ValueError(f"catalog={self.catalog} < 2 x topics={self.topics}: give every topic two items or more")
+        if 5 * self.relevant_back > 3 * self.long_len:
+            raise ValueError(
+                f"relevant_back={self.relevant_back} needs long_len >= {-(-5 * self.relevant_back // 3)}: the dormant "
+                "episode (relevant_back +- relevant_back/4 behaviours back) must fit in the shortest history "
+                "(0.75 x long_len); raise long_len or lower relevant_back")
+        return self
+
+
 class DataConfig(_Section):
     # a name of the dataset registry (etarec/data/datasets.py), checked there before any data is read
     dataset: str = "ml-latest-small"
@@ -38,7 +66,17 @@ class DataConfig(_Section):
     prepared_dir: str | None = None  # None -> prepared/<dataset>
     columns: EventsColumns = Field(default_factory=EventsColumns)  # dataset: events only
     positive_threshold: float = 4.0  # MovieLens and events with a rating action: label = rating >= this
-    seed: int = 2024  # negatives and user split of the last-behaviour (MIMN) protocol
+    seed: int = 2024  # negatives and user split of the last-behaviour (MIMN) protocol; synth-long's generator
+    synth: SynthConfig | None = None  # dataset synth-long only; None: the generator's defaults
+
+    @model_serializer(mode="wrap")
+    def _without_unset_synth(self, handler):
+        """`synth` is left out of dumps while unset, so every other dataset's config (and with it the
+        fingerprints of prepared data and the digests of recorded runs) reads as before it existed."""
+        dumped = handler(self)
+        if self.synth is None and isinstance(dumped, dict):
+            dumped.pop("synth", None)
+        return dumped
 
 
 class ModelConfig(_Section):
@@ -125,9 +163,9 @@ def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(_valid_keys(annotation, prefix + name + "."))
+        for annotation in (field.annotation, *get_args(field.annotation)):  # a section, or an optional one
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                keys.extend(_valid_keys(annotation, prefix + name + "."))
     return keys
 
 

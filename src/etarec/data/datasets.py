@@ -19,6 +19,7 @@ from etarec.data.longctr import FILES as LONGCTR_FILES
 from etarec.data.longctr import read_longctr
 from etarec.data.movielens import read_latest_small, read_ml1m, read_ml100k
 from etarec.data.schema import RawEvents
+from etarec.data import synth
 from etarec.data.taobao import read_taobao, taobao_files
 from etarec.data.writer import Tables
 from etarec.errors import EtarecError
@@ -55,6 +56,9 @@ DATASETS = {dataset.name: dataset for dataset in [
             missing_times=lambda data: None if data.columns.timestamp else "data.columns.timestamp is not mapped"),
     Dataset("longctr", lambda path, data: read_longctr(path), _in_folder(*LONGCTR_FILES), "longctr",
             missing_times=lambda data: "the LongCTR layout has none"),
+    # generated, not read: the "raw input" is the generator's source (a changed generator prepares
+    # again); its knobs are data.synth, its seed data.seed
+    Dataset(synth.NAME, synth.read_synth, lambda path: [path], "synthetic", bundled=Path(synth.__file__)),
 ]}
 
 
