@@ -77,7 +77,7 @@ fi
     exit 3; }
 
 # seconds each part may take: tests, syncs, retrieval, train_cost, serving
-declare -A PART_LIMITS=([tests]=200 [syncs]=40 [retrieval]=60 [train_cost]=110 [serving]=60)
+declare -A PART_LIMITS=([tests]=170 [syncs]=30 [retrieval]=50 [train_cost]=150 [serving]=50)
 declare -A PART_RC PART_SECONDS
 part() {  # part NAME COMMAND...: run it under its limit, log it, note its status and seconds
     local name=$1; shift
@@ -254,7 +254,7 @@ for item in secs.split():
     parts[name]["seconds"] = int(s)
 log = (results / "gpu.log").read_text(errors="replace")
 tests = {"summary": None}
-summaries = re.findall(r"^=+ (.*(?:passed|failed|skipped|error|deselected).*) =+$", log, re.M)
+summaries = re.findall(r"^(?:=+ )?(\d+ (?:passed|failed|skipped|deselected|errors?)\b[^=\n]*?)(?: =+)?$", log, re.M)
 if summaries:
     tests["summary"] = summaries[0]
 try:
