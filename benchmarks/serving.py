@@ -8,6 +8,7 @@ decimal strings; requests send them as JSON integers, like MovieLens or Taobao i
 
     python benchmarks/serving.py                          # all parts, ~5 minutes on 2 cores
     python benchmarks/serving.py --parts scorer --requests 300
+    python benchmarks/serving.py --parts models --requests 100 --threads 2   # a row per model, L=1024, B=1024
     python benchmarks/serving.py --parts scorer --device cuda --threads 1   # the Scorer on a GPU
     python benchmarks/serving.py --parts http             # ~2 minutes: before/after, 1 and 8 clients, overload
 
@@ -41,7 +42,7 @@ import torch
 
 from etarec.config import load_config
 from etarec.data.batch import Batch
-from etarec.models import build_model
+from etarec.models import MODELS, build_model
 from etarec.nn.embeddings import Vocab
 from etarec.store.catalog import encode_strings
 from etarec.serve.scorer import History, Scorer
@@ -54,10 +55,12 @@ VOCAB = Vocab(num_users=100_001, num_items=1_000_002, num_categories=10_002, num
 WINDOW = {"short_len": 48, "top_k": 48}
 
 
-def make_checkpoint(folder: Path, long_len: int) -> Path:
-    """A random-weights ETA checkpoint with a synthetic catalog; item i (>= 2) has raw id str(i)."""
+def make_checkpoint(folder: Path, long_len: int, model_name: str = "eta") -> Path:
+    """A random-weights checkpoint (ETA's quickstart config, another model by name) with a synthetic
+    catalog; item i (>= 2) has raw id str(i)."""
     config = load_config(REPO / "configs" / "quickstart_eta.yaml",
-                         [f"model.long_len={long_len}"] + [f"model.{key}={value}" for key, value in WINDOW.items()])
+                         [f"model.long_len={long_len}", f"model.name={model_name}"]
+                         + [f"model.{key}={value}" for key, value in WINDOW.items()])
     torch.manual_seed(0)
     model = build_model(config.model, VOCAB)
     categories = np.random.default_rng(0).integers(2, VOCAB.num_categories, VOCAB.num_items)
@@ -123,6 +126,22 @@ def scorer_part(folders: dict[int, Path], shapes: list[tuple[int, int]], request
             print(f"Scorer {device:4s} L={length:5d} B={candidates:4d} threads={count}: p50 {result['p50_ms']:6.1f} ms  "
                   f"p99 {result['p99_ms']:6.1f} ms  cpu p50 {result['cpu_ms']['p50_ms']:6.1f} ms  "
                   f"(load {result['loadavg_1min_before']:.1f})")
+    return results
+
+
+def models_part(folder: Path, names: list[str], length: int, candidates: int, requests: int, threads: int,
+                device: str = "cpu") -> list[dict]:
+    """One Scorer row per model at the same shape: every model serves through its own forward."""
+    inputs = make_requests(requests, length, candidates, seed=length)
+    torch.set_num_threads(threads)
+    results = []
+    for name in names:
+        scorer = Scorer.load(make_checkpoint(folder / name, length, name), threads=threads, device=device)
+        result = timed(lambda request, scorer=scorer: scorer.score(**request), inputs)
+        results.append({"what": f"Scorer.score, {name}", "model": name, "L": length, "B": candidates,
+                        "threads": threads, "device": device, **result})
+        print(f"Scorer {name:18s} L={length:5d} B={candidates:4d} threads={threads}: p50 {result['p50_ms']:6.1f} ms  "
+              f"p99 {result['p99_ms']:6.1f} ms  cpu p50 {result['cpu_ms']['p50_ms']:6.1f} ms")
     return results
 
 
@@ -372,7 +391,9 @@ def http_verdict(results: list[dict], before: str, after: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", default=["scorer", "onnx", "forward", "http"],
-                        choices=["scorer", "onnx", "forward", "http"])
+                        choices=["scorer", "models", "onnx", "forward", "http"])
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS),
+                        help="models of the `models` part: one Scorer row each at L=1024, B=1024")
     parser.add_argument("--requests", type=int, default=300, help="timed requests per Scorer / ONNX measurement")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="Scorer worker threads (and torch threads of the caller)")
     parser.add_argument("--device", default="cpu", help="where the Scorer part runs: cpu or cuda")
@@ -398,6 +419,9 @@ def main() -> None:
         folders = {length: make_checkpoint(Path(tmp) / f"L{length}", length) for length, _ in shapes}
         if "scorer" in args.parts:
             report["results"] += scorer_part(folders, shapes, args.requests, args.threads, args.device)
+        if "models" in args.parts:
+            report["results"] += models_part(Path(tmp) / "models", args.models, 1024, 1024, args.requests,
+                                             max(args.threads), args.device)
         if "onnx" in args.parts:
             report["results"] += onnx_part(folders[1024], 1024, 1024, args.requests, max(args.threads))
         if "forward" in args.parts:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from etarec.retrieval.selectors import BucketHash, bucket_mean, category_top_k, inner_product_top_k, score_top_k
+from etarec.retrieval.selectors import (BucketHash, bucket_lookup, bucket_mean, bucket_table, category_top_k,
+                                       inner_product_top_k, score_top_k)
 
 
 def random_window(rng, batch, length):
@@ -105,9 +106,12 @@ def test_bucket_mean_equals_brute_force(seed):
     values = rng.normal(size=(batch, length, dim))
     rows, columns = np.nonzero(~mask)
     key_buckets[rows, columns] = query_buckets[rows, 0]  # padding in the target's bucket must not count
-    got = bucket_mean(torch.from_numpy(query_buckets), torch.from_numpy(key_buckets), torch.from_numpy(values),
-                      torch.from_numpy(mask))
+    tensors = [torch.from_numpy(a) for a in (query_buckets, key_buckets, values, mask)]
+    got = bucket_mean(*tensors)
     assert got.shape == (batch, candidates, dim)
+    # the shared-history layout: every bucket's interest once, then a lookup per candidate
+    table = bucket_table(tensors[1], tensors[2], tensors[3], tau=2)  # buckets 0..2 < 2^2
+    torch.testing.assert_close(bucket_lookup(tensors[0], table), got, rtol=1e-6, atol=1e-9)
     for b in range(batch):
         for c in range(candidates):
             per_group = []

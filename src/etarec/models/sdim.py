@@ -14,13 +14,18 @@ import torch
 from etarec.config import ModelConfig
 from etarec.models.base import Candidates, InterestModel, LongInterest
 from etarec.nn.embeddings import Vocab, behaviour_dim
-from etarec.retrieval.selectors import BucketHash, bucket_mean
+from etarec.retrieval.selectors import BucketHash, bucket_lookup, bucket_mean, bucket_table
+
+
+# a shared history gets every bucket's interest once (2^tau rows per group) up to this many buckets
+TABLE_BUCKETS = 4096
 
 
 @dataclass
 class _Buckets:
     behaviours: torch.Tensor  # [N, L, Db]
     buckets: torch.Tensor  # [N, L, G] each behaviour's bucket per signature
+    table: torch.Tensor | None = None  # [N, G, 2^tau, Db] every bucket's interest (shared histories)
 
 
 class BucketSums(LongInterest):
@@ -32,10 +37,16 @@ class BucketSums(LongInterest):
     def user_side(self, embeddings, history, shared, cache) -> _Buckets:
         behaviours = embeddings.behaviours(*history.behaviour_columns())  # [N, L, Db]
         # a behaviour's first item_dim columns are its item embedding [item, category]: hash those
-        return _Buckets(behaviours, self.hash(behaviours[..., : self.item_dim]))
+        side = _Buckets(behaviours, self.hash(behaviours[..., : self.item_dim]))
+        if shared and 2**self.hash.tau <= TABLE_BUCKETS:  # many candidates: each reads its buckets' rows
+            side.table = bucket_table(side.buckets, behaviours, history.mask, self.hash.tau)
+        return side
 
     def forward(self, embeddings, history, side: _Buckets, candidates: Candidates) -> torch.Tensor:
-        return bucket_mean(self.hash(candidates.vectors), side.buckets, side.behaviours, history.mask)  # [N, C, Db]
+        query_buckets = self.hash(candidates.vectors)  # [N, C, G]
+        if side.table is not None:
+            return bucket_lookup(query_buckets, side.table)  # [N, C, Db]
+        return bucket_mean(query_buckets, side.buckets, side.behaviours, history.mask)  # [N, C, Db]
 
 
 class SDIM(InterestModel):

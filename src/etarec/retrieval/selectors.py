@@ -83,3 +83,30 @@ def bucket_mean(query_buckets: torch.Tensor, key_buckets: torch.Tensor, values: 
     same = (key_buckets[:, None] == query_buckets[:, :, None, :]) & key_mask[:, None, :, None]  # [N, C, L, G]
     sums = torch.einsum("nclg,nld->ncgd", same.to(values.dtype), values)  # [N, C, G, D]
     return functional.normalize(sums, dim=-1).mean(2)  # normalize leaves a zero sum at zero
+
+
+def bucket_table(key_buckets: torch.Tensor, values: torch.Tensor, key_mask: torch.Tensor, tau: int) -> torch.Tensor:
+    """SDIM's interest for every possible bucket at once, for histories many candidates share:
+    per group, the l2-normalised sum of the real behaviours in each of the 2^tau buckets.
+
+    key_buckets [N, L, G], values [N, L, D], key_mask [N, L] -> [N, G, 2^tau, D]. A candidate then
+    reads its own bucket's row of each group (bucket_lookup): O(L·G·D) once per history instead of
+    O(C·L·G·D) comparisons for C candidates.
+    """
+    n, length, groups = key_buckets.shape
+    slots = 2**tau
+    # flat slot of (row, group, bucket); padding goes to a spare slot past the end that is dropped
+    row_group = (torch.arange(n, device=key_buckets.device)[:, None, None] * groups
+                 + torch.arange(groups, device=key_buckets.device)[None, None, :])  # [N, 1, G]
+    slot = torch.where(key_mask[:, :, None], row_group * slots + key_buckets, n * groups * slots)  # [N, L, G]
+    weighted = values[:, :, None, :].expand(n, length, groups, -1)  # [N, L, G, D]
+    sums = values.new_zeros((n * groups * slots + 1, values.shape[-1]))
+    sums = sums.index_add(0, slot.reshape(-1), weighted.reshape(-1, values.shape[-1]))
+    return functional.normalize(sums[:-1].view(n, groups, slots, -1), dim=-1)
+
+
+def bucket_lookup(query_buckets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """query_buckets [N, C, G], a bucket_table [N, G, 2^tau, D] -> [N, C, D]: bucket_mean's result"""
+    n, c, groups = query_buckets.shape
+    index = query_buckets.transpose(1, 2)[..., None].expand(n, groups, c, table.shape[-1])  # [N, G, C, D]
+    return torch.gather(table, 2, index).mean(1)  # [N, C, D], the groups averaged
