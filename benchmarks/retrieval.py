@@ -157,6 +157,11 @@ def main() -> None:
         bandwidth = memory_bandwidth_bytes_per_s()
         print(f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s; torch threads {torch.get_num_threads()}")
     points = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"bandwidth_bytes_per_s": bandwidth, "bandwidth_kind": "copy, read + write" if device.type == "cuda"
+               else "numpy sum, read", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "numpy": np.__version__, "machine": platform.machine(), "points": points}
     header = ("| L | m | packed Hamming ms | tensor fallback ms | inner product ms | float abs-diff ms | "
               "IP / packed | abs-diff / packed | packed / floor |")
     print(header + "\n|---|---|---|---|---|---|---|---|---|")
@@ -172,14 +177,9 @@ def main() -> None:
             print(f"| {length} | {bits} | {ms['packed_hamming']:.3f} | {ms['packed_tensor_fallback']:.3f} | {ms['inner_product']:.3f} | "
                   f"{ms['float_abs_diff']:.3f} | {ratio['inner_product']:.1f}x | {ratio['float_abs_diff']:.1f}x | "
                   f"{point['packed_over_floor']:.1f}x | eager keys {ms['packed_eager_keys']:.3f} ms |", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"bandwidth_bytes_per_s": bandwidth, "bandwidth_kind": "copy, read + write" if device.type == "cuda"
-               else "numpy sum, read", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "numpy": np.__version__, "machine": platform.machine(), "points": points}
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(args.out)
+            tmp = args.out.with_suffix(".tmp")  # after every point: a run stopped at a time limit keeps its points
+            tmp.write_text(json.dumps(payload, indent=2))
+            tmp.replace(args.out)
     print(f"wrote {args.out}")
 
 

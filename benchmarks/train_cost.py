@@ -145,6 +145,16 @@ def main() -> None:
         return
     prepared = prepare_workload(args.workload, args.cache)
     points = []
+    workload = {"name": args.workload.name,
+                "sha256_all": json.loads((args.workload / "meta.json").read_text())["sha256"]["all"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every point: a run stopped at a time limit keeps the points it finished
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"workload": workload, "device": args.device, "precision": args.precision,
+                                   "points": points}, indent=2))
+        tmp.replace(args.out)
+
     print("| model | L | train samples/s | infer samples/s | peak RSS MB | build ms/batch |\n|---|---|---|---|---|---|")
     for length in map(int, args.L.split(",")):
         for model_name in args.models.split(","):
@@ -156,18 +166,12 @@ def main() -> None:
                 tail = result.stderr.strip().splitlines()[-1:] or ["?"]
                 print(f"| {model_name} | {length} | failed: {tail[0][:80]} | | | |", flush=True)
                 points.append({"model": model_name, "L": length, "error": tail[0]})
-                continue
-            point = json.loads(result.stdout.strip().splitlines()[-1])
-            points.append(point)
-            print(f"| {model_name} | {length} | {point['train_sps']:,.0f} | {point['infer_sps']:,.0f} | "
-                  f"{point['peak_rss_mb']:,.0f} | {point['build_ms_per_batch']:.1f} |", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    workload = {"name": args.workload.name,
-                "sha256_all": json.loads((args.workload / "meta.json").read_text())["sha256"]["all"]}
-    tmp.write_text(json.dumps({"workload": workload, "device": args.device, "precision": args.precision,
-                               "points": points}, indent=2))
-    tmp.replace(args.out)
+            else:
+                point = json.loads(result.stdout.strip().splitlines()[-1])
+                points.append(point)
+                print(f"| {model_name} | {length} | {point['train_sps']:,.0f} | {point['infer_sps']:,.0f} | "
+                      f"{point['peak_rss_mb']:,.0f} | {point['build_ms_per_batch']:.1f} |", flush=True)
+            write()
     plot(points, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
