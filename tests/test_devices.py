@@ -13,6 +13,7 @@ of these is a host allocation or a host sync on the hot path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import traceback
 
@@ -190,11 +191,14 @@ def quick_train(prepared_dir, out, device, **train_settings) -> dict:
 
 
 @pytest.fixture
-def deterministic(device):
-    """On CUDA, deterministic kernels (gpu.sh sets CUBLAS_WORKSPACE_CONFIG, which cuBLAS needs for them)."""
+def deterministic(device, monkeypatch):
+    """On CUDA, deterministic kernels; cuBLAS needs CUBLAS_WORKSPACE_CONFIG for them (gpu.sh sets it
+    before the process starts, which is when it counts for every cuBLAS handle)."""
     if device.type != "cuda":
         yield
         return
+    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     yield
