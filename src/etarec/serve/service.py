@@ -14,9 +14,10 @@ Content-Length) is cut off as soon as it passes the limit.
 
 Concurrency: `Workers` scoring processes each load the checkpoint and score one request at a time
 with torch single-threaded; the service process only speaks HTTP and hands each request to a free
-worker. Processes, not threads: a request is ~400 small torch ops, and between them Python holds
-the GIL, so two requests scored by threads of one process get about 1.3x the throughput of one,
-two processes 2x (2 cores, L = 1024, B = 1000). At most `Limits.queue` requests wait for a free
+worker. Processes, not threads: a request is hundreds of small torch ops, and between them Python
+holds the GIL: two threads scoring at once in one process got no more requests/s than one request
+at a time over the Scorer's 2 threads, two processes 1.6x (2 cores, L = 1024, B = 1000;
+benchmarks/RESULTS.md, "Service under concurrent load"). At most `Limits.queue` requests wait for a free
 worker; beyond that a request is answered 503 with Retry-After at once instead of queueing without
 bound. Without Workers (`--workers 0`) the given Scorer scores in the service process, one request
 at a time, spread over the Scorer's threads: one copy of the model, the lowest latency when
