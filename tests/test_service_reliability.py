@@ -330,9 +330,13 @@ def scoring_workers(pid: int) -> list[int]:
     return found
 
 
-def test_a_killed_scoring_worker_is_replaced_and_none_outlives_the_service(runs):
+def test_a_killed_scoring_worker_is_replaced_and_none_outlives_the_service(runs, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("config.yaml", "model.pt"):
+        shutil.copy(runs["eta"] / name, folder / name)
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "etarec", "serve", "--checkpoint", str(runs["eta"]), "--port",
+    process = subprocess.Popen([sys.executable, "-m", "etarec", "serve", "--checkpoint", str(folder), "--port",
                                 str(port), "--workers", "1", "--queue", "4"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -345,6 +349,7 @@ def test_a_killed_scoring_worker_is_replaced_and_none_outlives_the_service(runs)
                     break
             assert time.monotonic() < deadline, "etarec serve did not come up"
             time.sleep(0.2)
+        version = httpx.get(f"{url}/healthz", timeout=10).json()["version"]
         assert_serves(url)
         (worker,) = scoring_workers(process.pid)
         os.kill(worker, signal.SIGKILL)
@@ -354,12 +359,21 @@ def test_a_killed_scoring_worker_is_replaced_and_none_outlives_the_service(runs)
         assert_serves(url)  # a new worker took its place
         (replacement,) = scoring_workers(process.pid)
         assert replacement != worker
+        # a replacement never serves another model.pt than the one /healthz names
+        shutil.copy(runs["eta_din_attention"] / "model.pt", folder / "model.pt")
+        os.kill(replacement, signal.SIGKILL)
+        time.sleep(0.2)
+        assert httpx.post(f"{url}/score", json=GOOD, timeout=60).status_code == 500
+        changed = httpx.post(f"{url}/score", json=GOOD, timeout=60)
+        assert changed.status_code == 500 and "changed since the service started" in changed.json()["error"]
+        assert httpx.get(f"{url}/healthz", timeout=10).json()["version"] == version
+        survivors = scoring_workers(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
-    assert process.returncode == 0 or process.returncode == -signal.SIGTERM
+    assert process.returncode in (0, -signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{replacement}").exists() and time.monotonic() < deadline:
+    while any(Path(f"/proc/{pid}").exists() for pid in survivors + [replacement]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not Path(f"/proc/{replacement}").exists() or "Z" in Path(f"/proc/{replacement}/stat").read_text().split()[2], \
+    assert not any(Path(f"/proc/{pid}").exists() for pid in survivors + [replacement]), \
         "a scoring worker outlived the service"

@@ -291,7 +291,10 @@ def _score_forever(connection, checkpoint: str, threads: int) -> None:
             return
         if job is None:
             return
-        connection.send(_score(scorer, job))
+        try:
+            connection.send(_score(scorer, job))
+        except OSError:  # the service is gone
+            return
 
 
 class _Remote:
@@ -301,6 +304,7 @@ class _Remote:
         self.workers, self.index = workers, index
         self.process = self.connection = None
         self.identity: tuple[str, str] | None = None  # (model, version) it loaded
+        self.stopping = threading.Lock()  # the dispatch thread and the service's shutdown may both stop it
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
@@ -318,6 +322,7 @@ class _Remote:
                     raise EOFError
             message = self.connection.recv()
         except (EOFError, OSError):
+            self.process.join(timeout=5)
             code = self.process.exitcode
             self.stop()
             raise EtarecError(f"scoring worker {self.index} exited while loading {self.workers.checkpoint} "
@@ -325,42 +330,43 @@ class _Remote:
         if message[0] != "ready":
             self.stop()
             raise EtarecError(message[1])
-        self.identity = message[1], message[2]
-        return self.identity
+        if self.identity is None:  # the first load: what this worker serves from now on
+            self.identity = message[1], message[2]
+        return message[1], message[2]
 
     def call(self, job: dict) -> tuple[tuple, float]:
         started = time.perf_counter()
-        expected = self.identity
         try:
             if self.process is None:  # restart after a crash
                 self.start()
-                if self.ready() != expected:
+                if self.ready() != self.identity:
                     self.stop()
                     return ("error", f"{self.workers.checkpoint} changed since the service started; restart the "
                                      "service to serve the new model"), started
                 started = time.perf_counter()
-            self.connection.send(job)
-            return self.connection.recv(), started
+            connection = self.connection  # the service's shutdown may close it meanwhile: then OSError
+            connection.send(job)
+            return connection.recv(), started
         except (EOFError, OSError, EtarecError) as error:
             code = self.process.exitcode if self.process is not None else None
             self.stop()
-            self.identity = expected
             return ("error", f"scoring worker {self.index} failed ({error or f'exit code {code}'}); it is "
                              "restarted for the next request, send this one again"), started
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        try:
-            self.connection.send(None)
-        except (OSError, ValueError):
-            pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
+        with self.stopping:
+            if self.process is None:
+                return
+            try:
+                self.connection.send(None)
+            except (OSError, ValueError):
+                pass
             self.process.join(timeout=5)
-        self.connection.close()
-        self.process = self.connection = None
+            if self.process.is_alive():  # busy or hung: a request in flight gets its 500
+                self.process.kill()
+                self.process.join(timeout=5)
+            self.connection.close()
+            self.process = self.connection = None
 
     close = stop
 
@@ -437,9 +443,9 @@ class Dispatcher:
                 "etarec_requests_waiting": self.admitted - self.scoring, "etarec_queue_limit": self.queue}
 
     def close(self) -> None:
-        self.threads.shutdown(wait=True, cancel_futures=True)
-        for worker in self.workers:
+        for worker in self.workers:  # first: a dispatch thread waiting on a hung worker is released
             worker.close()
+        self.threads.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
