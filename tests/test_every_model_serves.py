@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,37 +18,21 @@ import pytest
 import torch
 
 from etarec.cli import main
-from etarec.config import build_config
 from etarec.data.batch import BatchBuilder
-from etarec.data.prepare import prepare
 from etarec.data.prepared import Samples, load_prepared
 from etarec.models import MODELS
 from etarec.serve.scorer import History, Scorer
 from etarec.store.checkpoint import load_checkpoint
 from etarec.train.trainer import predict
 
-from test_serve import REPO, free_port  # the loopback helpers of the ETA serving tests
+# the fixtures (one torch thread, the prepared bundled data) and the loopback server of the ETA serving tests
+from test_serve import REPO, one_thread, prepared_dir, running_service  # noqa: F401
 
 LONG, SHORT, TOP_K = 32, 8, 8
 SETTINGS = ["train.epochs=1", "train.max_steps_per_epoch=15", f"model.long_len={LONG}", f"model.short_len={SHORT}",
             f"model.top_k={TOP_K}", "model.hash_bits=72", "model.embedding_dim=16", "model.attention_dim=32",
             "model.use_time=true", "model.use_action=true", "model.mlp=[32,16]", "train.eval_batch_size=4096"]
 SAMPLES = 120  # real test samples per check
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def prepared_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("prepared") / "ml-latest-small"
-    prepare(build_config().data, folder, log=lambda *_: None)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -135,20 +116,7 @@ def test_etarec_serve_answers_for_every_model(trained, real, name):
     httpx = pytest.importorskip("httpx")
     data, samples, raw = real
     run = trained(name)
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "etarec", "serve", "--checkpoint", str(run), "--port", str(port),
-                                "--threads", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"etarec serve exited: {process.communicate()[1][-2000:]}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "etarec serve did not come up"
-                time.sleep(0.2)
+    with running_service("--checkpoint", str(run), "--threads", "1") as (url, _):
         model, config, _ = load_checkpoint(run)
         sample = int(np.argmax(samples.position))  # the longest history
         asked = request(data, samples, raw, sample)
@@ -168,6 +136,3 @@ def test_etarec_serve_answers_for_every_model(trained, real, name):
         with torch.no_grad():
             expected = torch.sigmoid(model(batch)).numpy()
         np.testing.assert_allclose(answer.json()["scores"], expected, rtol=0, atol=1e-6)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -5,6 +5,7 @@ The reference is always the trained model's own forward on a Batch built by Batc
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -246,26 +247,35 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_service(*options: str):
+    """(base url, process) of `etarec serve OPTIONS` on a free loopback port, up until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "etarec", "serve", "--port", str(port), *options]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"etarec serve exited: {process.communicate()[1][-2000:]}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "etarec serve did not come up"
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def service(runs):
     """(base url, process) of `etarec serve` on the trained ETA run."""
-    port = free_port()
-    command = [sys.executable, "-m", "etarec", "serve", "--checkpoint", str(runs["eta"]), "--port", str(port),
-               "--threads", "1", "--max-candidates", str(MAX_CANDIDATES), "--max-history", str(MAX_HISTORY)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, f"etarec serve exited: {process.communicate()[1][-2000:]}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "etarec serve did not come up"
-            time.sleep(0.2)
-    yield url, process
-    process.terminate()
-    process.wait(timeout=30)
+    with running_service("--checkpoint", str(runs["eta"]), "--threads", "1", "--max-candidates", str(MAX_CANDIDATES),
+                         "--max-history", str(MAX_HISTORY)) as running:
+        yield running
 
 
 def as_json(request: dict) -> dict:
