@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from etarec.allocator import keep_freed_memory
 from etarec.errors import EtarecError
 
 
@@ -115,7 +116,7 @@ def _evaluate(args) -> None:
     edges = length_edges(args.length_buckets)
     model, config, _ = load_checkpoint(Path(args.checkpoint))  # checks it against the run's config.yaml
     data = ensure_prepared(config.data)
-    builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
+    builder = BatchBuilder(data, config.model.long_len, config.model.short_len, model.inputs)
     metrics = evaluate_split(model, builder, data.splits[args.split], config.train.eval_batch_size,
                              progress=not args.no_progress, description=args.split, length_edges=edges)
     print(json.dumps({"model": config.model.name, "split": args.split, **metrics}, indent=2))
@@ -272,9 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+STEP_COMMANDS = ("train", "evaluate", "serve", "compare")  # the commands that run model steps over and over
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, even in a log file
+    if args.command in STEP_COMMANDS:
+        keep_freed_memory()
     try:
         args.run(args)
     except EtarecError as error:

@@ -45,7 +45,7 @@ def run_by_length(run: Run, data, metrics: dict, edges: tuple[int, ...], say) ->
         say(f"{run.describe()}: no metrics by history length, its weights ({CHECKPOINT_FILE}) are not in {run.folder}")
         return None
     model, config, _ = load_checkpoint(run.folder, expected_model=run.config.model.name)
-    builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
+    builder = BatchBuilder(data, config.model.long_len, config.model.short_len, model.inputs)
     by_length = evaluate_split(model, builder, data.splits["test"], config.train.eval_batch_size,
                                length_edges=edges)["by_length"]
     write_text_atomically(cache, json.dumps({"edges": list(edges), "by_length": by_length,

@@ -70,7 +70,7 @@ def run_recall(run: Run, data, metrics: dict, say) -> float | None:
         say(f"{run.describe()}: no retrieval recall, its weights ({CHECKPOINT_FILE}) are not in {run.folder}")
         return None
     model, config, _ = load_checkpoint(run.folder, expected_model=run.config.model.name)
-    builder = BatchBuilder(data, config.model.long_len, config.model.short_len)
+    builder = BatchBuilder(data, config.model.long_len, config.model.short_len, model.inputs)
     test = data.splits["test"]
     recall = retrieval_recall(model, builder, test, config.train.eval_batch_size)
     write_text_atomically(cache, json.dumps({"recall": recall, "test_samples": min(RECALL_SAMPLES, len(test)),

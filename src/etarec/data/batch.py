@@ -29,9 +29,9 @@ class UserHistory:
 
     user: torch.Tensor  # [N] int64, 0 = unknown user
     user_profile: torch.Tensor  # [N, P] int64
-    items: torch.Tensor  # [N, L] int64, 0 = padding
-    categories: torch.Tensor  # [N, L] int64
-    actions: torch.Tensor  # [N, L] int64
+    items: torch.Tensor  # [N, L] int64 or int32, 0 = padding
+    categories: torch.Tensor  # [N, L] int64 or int32
+    actions: torch.Tensor  # [N, L] int64 or int32
     time_gaps: torch.Tensor  # [N, L] int64 seconds between behaviour and request, >= 0
     mask: torch.Tensor  # [N, L] bool, True = real behaviour
 
@@ -66,10 +66,10 @@ class Batch:
     user_profile: torch.Tensor  # [B, P] int64
     target_item: torch.Tensor  # [B] int64
     target_category: torch.Tensor  # [B] int64
-    history_items: torch.Tensor  # [B, L] int64, 0 = padding
-    history_categories: torch.Tensor  # [B, L] int64
-    history_actions: torch.Tensor  # [B, L] int64
-    history_time_gaps: torch.Tensor  # [B, L] int64 seconds between behaviour and request, >= 0
+    history_items: torch.Tensor  # [B, L] int32 (int64 past 2^31 ids), 0 = padding
+    history_categories: torch.Tensor  # [B, L] int32 (as items)
+    history_actions: torch.Tensor  # [B, L] int32 (as items); zeros when the model reads no actions
+    history_time_gaps: torch.Tensor  # [B, L] int64 seconds between behaviour and request, >= 0; zeros when unread
     history_mask: torch.Tensor  # [B, L] bool, True = real behaviour
     labels: torch.Tensor  # [B] float32
     short_len: int  # S: the short window is the last S columns
@@ -92,11 +92,12 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on `device`; from pinned memory (pin_memory()) the copies do not block the host."""
-        return self._map(lambda tensor: tensor.to(device, non_blocking=True))
+        return self._map(lambda tensor: _unread_like(tensor, device) if _is_unread(tensor)
+                         else tensor.to(device, non_blocking=True))
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory (one copy), from where copies to a GPU run asynchronously."""
-        return self._map(torch.Tensor.pin_memory)
+        return self._map(lambda tensor: tensor if _is_unread(tensor) else tensor.pin_memory())
 
     def _map(self, function) -> "Batch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -106,13 +107,35 @@ class Batch:
         return Batch(**moved)
 
 
-class BatchBuilder:
-    """Slices each sample's last L behaviours out of the flat per-user arrays, for many samples at once."""
+def _is_unread(tensor: torch.Tensor) -> bool:
+    """A column the builder left unread: one zero seen at every position (all strides 0)."""
+    return tensor.dim() > 0 and tensor.numel() > 1 and not any(tensor.stride())
 
-    def __init__(self, data: PreparedData, long_len: int, short_len: int):
+
+def _unread_like(tensor: torch.Tensor, device) -> torch.Tensor:
+    return torch.zeros((), dtype=tensor.dtype, device=device).expand(tensor.shape)
+
+
+# the history columns a model may leave unread; items, categories and the mask are always built
+OPTIONAL_INPUTS = frozenset({"actions", "time_gaps"})
+
+
+class BatchBuilder:
+    """Slices each sample's last L behaviours out of the flat per-user arrays, for many samples at once.
+
+    inputs: the optional history columns to build (a model's `inputs`); the others come as a
+    stride-0 view of zeros [B, L] (no memory, no copy), so a model without actions or time gaps
+    does not pay for copying them. Windows keep the sequences' dtype (int32 ids, prepared.py):
+    half the bytes of int64, and the embeddings and retrieval read them as they are."""
+
+    def __init__(self, data: PreparedData, long_len: int, short_len: int, inputs=OPTIONAL_INPUTS):
+        unknown = set(inputs) - OPTIONAL_INPUTS
+        if unknown:
+            raise ValueError(f"unknown batch inputs {sorted(unknown)}; choose from {sorted(OPTIONAL_INPUTS)}")
         self.data = data
         self.long_len = long_len
         self.short_len = short_len
+        self.inputs = frozenset(inputs)
         self._columns = np.arange(-long_len, 0)  # [L] offsets relative to the sample's position
 
     def build(self, samples: Samples, index: np.ndarray) -> Batch:
@@ -128,25 +151,31 @@ class BatchBuilder:
         partial = np.flatnonzero(~full)
         flat = np.where(mask[partial], end[partial, None] + self._columns[None, :], 0)  # [B', L]
         full_start = end[full] - self.long_len
-        request_time = samples.timestamp[index]
 
-        def window(values: np.ndarray) -> np.ndarray:
+        def window(values: np.ndarray) -> torch.Tensor:
             out = np.empty(mask.shape, dtype=values.dtype)
             if len(full_start):
                 out[full] = sliding_window_view(values, self.long_len)[full_start]
             out[partial] = np.where(mask[partial], values[flat], 0)
-            return out
+            return torch.from_numpy(out)
 
-        gaps = np.where(mask, np.maximum(request_time[:, None] - window(seq.timestamp), 0), 0)
+        def unread(dtype) -> torch.Tensor:
+            return _unread_like(torch.empty(mask.shape, dtype=dtype, device="meta"), "cpu")
+
+        if "time_gaps" in self.inputs:
+            request_time = samples.timestamp[index]
+            gaps = torch.from_numpy(np.where(mask, np.maximum(request_time[:, None] - window(seq.timestamp).numpy(), 0), 0))
+        else:
+            gaps = unread(torch.int64)
         return Batch(
             user=torch.from_numpy(user),
             user_profile=torch.from_numpy(self.data.profiles[user]),
             target_item=torch.from_numpy(samples.item[index]),
             target_category=torch.from_numpy(samples.category[index]),
-            history_items=torch.from_numpy(window(seq.item)),
-            history_categories=torch.from_numpy(window(seq.category)),
-            history_actions=torch.from_numpy(window(seq.action)),
-            history_time_gaps=torch.from_numpy(gaps),
+            history_items=window(seq.item),
+            history_categories=window(seq.category),
+            history_actions=window(seq.action) if "actions" in self.inputs else unread(torch.int32),
+            history_time_gaps=gaps,
             history_mask=torch.from_numpy(mask),
             labels=torch.from_numpy(samples.label[index]),
             short_len=self.short_len,

@@ -33,10 +33,10 @@ class Sequences:
     """All users' behaviour sequences concatenated; user u owns flat[offsets[u]:offsets[u+1]]."""
 
     offsets: np.ndarray  # [U + 1] int64
-    item: np.ndarray  # [E] int64
-    category: np.ndarray  # [E] int64
+    item: np.ndarray  # [E] int32 (int64 past 2^31 - 1 ids): half the bytes for every window copied from it
+    category: np.ndarray  # [E] int32 (as item)
     timestamp: np.ndarray  # [E] int64
-    action: np.ndarray  # [E] int64
+    action: np.ndarray  # [E] int32 (as item)
 
 
 @dataclass
@@ -53,11 +53,14 @@ class PreparedData:
         return [self.meta["profile_vocab"][name] for name in self.profile_names]
 
 
-def _flat(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    array = column.combine_chunks()
+def _flat(file: Path, name: str, ids: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [U + 1], values [E]) of one list column, read alone, so that only one column's
+    Arrow buffers are alive beside the arrays kept. ids: int32 where every value fits."""
+    array = pq.read_table(file, columns=[name])[name].combine_chunks()
     offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy().astype(np.int64)
-    return offsets - offsets[0], values[offsets[0] : offsets[-1]]
+    values = array.values.to_numpy()[offsets[0] : offsets[-1]]
+    fits = ids and (len(values) == 0 or int(values.max()) <= np.iinfo(np.int32).max)
+    return offsets - offsets[0], values.astype(np.int32 if fits else np.int64)
 
 
 def load_prepared(folder: str | Path) -> PreparedData:
@@ -72,19 +75,21 @@ def load_prepared(folder: str | Path) -> PreparedData:
     if meta.get("format_version") != FORMAT_VERSION:
         raise EtarecError(f"{folder} was prepared by another etarec version; run `etarec prepare` again")
     try:
-        users = pq.read_table(folder / "users.parquet")
+        users_file = folder / "users.parquet"
+        users = pq.read_table(users_file, columns=[name for name in pq.read_schema(users_file).names
+                                                   if name.startswith("profile_")])
+        offsets, item = _flat(users_file, "item", ids=True)
+        sequences = Sequences(
+            offsets=offsets,
+            item=item,
+            category=_flat(users_file, "category", ids=True)[1],
+            timestamp=_flat(users_file, "timestamp", ids=False)[1],
+            action=_flat(users_file, "action", ids=True)[1],
+        )
         items = pq.read_table(folder / "items.parquet", columns=["category"])
         splits = {split: _samples(pq.read_table(folder / "samples" / f"{split}.parquet")) for split in SPLITS}
     except (OSError, pa.ArrowInvalid, KeyError) as error:
         raise EtarecError(f"prepared data in {folder} is incomplete or corrupt ({error}); run `etarec prepare` again") from None
-    offsets, item = _flat(users["item"])
-    sequences = Sequences(
-        offsets=offsets,
-        item=item,
-        category=_flat(users["category"])[1],
-        timestamp=_flat(users["timestamp"])[1],
-        action=_flat(users["action"])[1],
-    )
     profile_names = [name.removeprefix("profile_") for name in users.column_names if name.startswith("profile_")]
     profiles = np.stack(
         [users[f"profile_{name}"].to_numpy().astype(np.int64) for name in profile_names], axis=1

@@ -186,6 +186,12 @@ class InterestModel(nn.Module):
                         config.dropout)
         self.long_interest: LongInterest | None = None
 
+    @property
+    def inputs(self) -> frozenset[str]:
+        """The optional history columns this model reads (BatchBuilder builds only those)."""
+        e = self.embeddings
+        return frozenset({"actions"} if e.uses_action else set()) | frozenset({"time_gaps"} if e.uses_time else set())
+
     def forward(self, batch: Batch, cache: ItemCache | None = None) -> torch.Tensor:
         """[B] logits of each sample's target, given its history."""
         side = self.user_side(batch.user_history(), shared=False, cache=cache)

@@ -43,7 +43,8 @@ class TwinRetrieval(RetrievedAttention):
         items, categories = distinct_items(history.items.flatten(), history.categories.flatten(), embeddings.num_items)
         projected_items = attention.key(embeddings.items(items, categories))  # [U, A]
         projected_items = torch.cat([projected_items.new_zeros((1, projected_items.shape[1])), projected_items])
-        row_of = history.items.new_zeros(embeddings.num_items)  # [V] item id -> row of projected_items (0: padding)
+        # [V] item id -> row of projected_items (0: padding); int64 whatever the windows' id dtype
+        row_of = torch.zeros(embeddings.num_items, dtype=torch.int64, device=items.device)
         row_of[items] = torch.arange(1, len(items) + 1, device=items.device)
         keys = projected_items[row_of[history.items]]  # [N, L, A]
         cross = attention.cross_logits(embeddings.cross(history.actions, history.time_gaps, history.mask))  # [N, L, H]

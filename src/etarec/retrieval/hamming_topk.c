@@ -6,67 +6,73 @@
  * Order of the result: distance ascending, ties to the more recent (higher) position; padding is
  * given a distance above any real one, so it is taken only when a row has fewer than k real
  * behaviours, and comes back with found = 0. Same contract as hamming_top_k() in simhash.py.
+ *
+ * Two entry points, one body: item ids as int64 or as int32 (the batch builder's windows).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-int etarec_hamming_topk(const int64_t *history,   /* [B, L] item ids */
-                        const uint64_t *table,    /* [V, W] packed signatures */
-                        const uint64_t *query,    /* [B, W] */
-                        const uint8_t *mask,      /* [B, L] 1 = real behaviour */
-                        int64_t rows, int64_t length, int64_t words, int64_t k, int64_t num_items,
-                        int threads,
-                        int64_t *out_index,       /* [B, k] */
-                        uint8_t *out_found)       /* [B, k] */
-{
-    const int64_t pad = 64 * words + 1;
-    int failed = 0;
-#pragma omp parallel num_threads(threads)
-    {
-        uint16_t *distance = malloc(sizeof(uint16_t) * length);
-        int64_t *start = malloc(sizeof(int64_t) * (pad + 2));
-        if (!distance || !start) {
-#pragma omp atomic write
-            failed = 1;
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < rows; b++) {
-                const int64_t *ids = history + b * length;
-                const uint8_t *real = mask + b * length;
-                const uint64_t *q = query + b * words;
-                memset(start, 0, sizeof(int64_t) * (pad + 2));
-                for (int64_t j = 0; j < length; j++) {
-                    int64_t d = pad;
-                    int64_t id = ids[j];
-                    if (real[j] && id >= 0 && id < num_items) {
-                        const uint64_t *code = table + id * words;
-                        d = 0;
-                        for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(code[w] ^ q[w]);
-                    }
-                    distance[j] = (uint16_t)d;
-                    start[d + 1]++;
-                }
-                /* start[d] = how many positions are nearer than d; t = the distance of the k-th */
-                int64_t t = 0;
-                for (int64_t d = 1; d <= pad + 1; d++) start[d] += start[d - 1];
-                while (start[t + 1] < k) t++;
-                int64_t ties_left = k - start[t];
-                int64_t *out = out_index + b * k;
-                uint8_t *found = out_found + b * k;
-                /* newest first, placed into per-distance slots: distance, then recency, in one pass */
-                for (int64_t j = length - 1; j >= 0; j--) {
-                    int64_t d = distance[j];
-                    if (d > t || (d == t && ties_left == 0)) continue;
-                    if (d == t) ties_left--;
-                    int64_t slot = start[d]++;
-                    out[slot] = j;
-                    found[slot] = d < pad;
-                }
-            }
-        }
-        free(distance);
-        free(start);
-    }
-    return failed;
+#define HAMMING_TOPK(NAME, ID_TYPE) \
+int NAME(const ID_TYPE *history,   /* [B, L] item ids */                                                \
+                        const uint64_t *table,    /* [V, W] packed signatures */                        \
+                        const uint64_t *query,    /* [B, W] */                                          \
+                        const uint8_t *mask,      /* [B, L] 1 = real behaviour */                       \
+                        int64_t rows, int64_t length, int64_t words, int64_t k, int64_t num_items,      \
+                        int threads,                                                                    \
+                        int64_t *out_index,       /* [B, k] */                                          \
+                        uint8_t *out_found)       /* [B, k] */                                          \
+{                                                                                                       \
+    const int64_t pad = 64 * words + 1;                                                                 \
+    int failed = 0;                                                                                     \
+_Pragma("omp parallel num_threads(threads)")                                                               \
+    {                                                                                                   \
+        uint16_t *distance = malloc(sizeof(uint16_t) * length);                                         \
+        int64_t *start = malloc(sizeof(int64_t) * (pad + 2));                                           \
+        if (!distance || !start) {                                                                      \
+_Pragma("omp atomic write")                                                                                \
+            failed = 1;                                                                                 \
+        } else {                                                                                        \
+_Pragma("omp for schedule(static)")                                                                        \
+            for (int64_t b = 0; b < rows; b++) {                                                        \
+                const ID_TYPE *ids = history + b * length;                                              \
+                const uint8_t *real = mask + b * length;                                                \
+                const uint64_t *q = query + b * words;                                                  \
+                memset(start, 0, sizeof(int64_t) * (pad + 2));                                          \
+                for (int64_t j = 0; j < length; j++) {                                                  \
+                    int64_t d = pad;                                                                    \
+                    int64_t id = ids[j];                                                                \
+                    if (real[j] && id >= 0 && id < num_items) {                                         \
+                        const uint64_t *code = table + id * words;                                      \
+                        d = 0;                                                                          \
+                        for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(code[w] ^ q[w]);  \
+                    }                                                                                   \
+                    distance[j] = (uint16_t)d;                                                          \
+                    start[d + 1]++;                                                                     \
+                }                                                                                       \
+                /* start[d] = how many positions are nearer than d; t = the distance of the k-th */     \
+                int64_t t = 0;                                                                          \
+                for (int64_t d = 1; d <= pad + 1; d++) start[d] += start[d - 1];                        \
+                while (start[t + 1] < k) t++;                                                           \
+                int64_t ties_left = k - start[t];                                                       \
+                int64_t *out = out_index + b * k;                                                       \
+                uint8_t *found = out_found + b * k;                                                     \
+                /* newest first, placed into per-distance slots: distance, then recency, in one pass */ \
+                for (int64_t j = length - 1; j >= 0; j--) {                                             \
+                    int64_t d = distance[j];                                                            \
+                    if (d > t || (d == t && ties_left == 0)) continue;                                  \
+                    if (d == t) ties_left--;                                                            \
+                    int64_t slot = start[d]++;                                                          \
+                    out[slot] = j;                                                                      \
+                    found[slot] = d < pad;                                                              \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        free(distance);                                                                                 \
+        free(start);                                                                                    \
+    }                                                                                                   \
+    return failed;                                                                                      \
 }
+
+HAMMING_TOPK(etarec_hamming_topk, int64_t)
+HAMMING_TOPK(etarec_hamming_topk_i32, int32_t)

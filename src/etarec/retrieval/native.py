@@ -50,9 +50,9 @@ def _library() -> ctypes.CDLL | None:
                 return None
             os.replace(built, target)  # atomic: concurrent processes never load a half-written file
     library = ctypes.CDLL(str(target))
-    function = library.etarec_hamming_topk
-    function.restype = ctypes.c_int
-    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+    for function in (library.etarec_hamming_topk, library.etarec_hamming_topk_i32):
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int] + [ctypes.c_void_p] * 2
     return library
 
 
@@ -62,17 +62,20 @@ def available() -> bool:
 
 def hamming_top_k_native(query_codes: torch.Tensor, table_codes: torch.Tensor, history_items: torch.Tensor,
                          history_mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [B, W], table [V, W], history ids [B, L], mask [B, L] -> (index [B, K], found [B, K])."""
+    """query [B, W], table [V, W], history ids [B, L] (int32 or int64, read as they are), mask [B, L]
+    -> (index [B, K], found [B, K])."""
     library = _library()
     rows, length = history_items.shape
     top = min(k, length)
     query = query_codes.contiguous()
     table = table_codes.contiguous()
-    items = history_items.to(torch.int64).contiguous()
+    narrow = history_items.dtype == torch.int32
+    items = (history_items if narrow else history_items.to(torch.int64)).contiguous()
     mask = history_mask.contiguous().view(torch.uint8)
     index = torch.empty((rows, top), dtype=torch.int64)
     found = torch.empty((rows, top), dtype=torch.uint8)
-    failed = library.etarec_hamming_topk(
+    kernel = library.etarec_hamming_topk_i32 if narrow else library.etarec_hamming_topk
+    failed = kernel(
         items.data_ptr(), table.data_ptr(), query.data_ptr(), mask.data_ptr(), rows, length, table.shape[1], top,
         table.shape[0], torch.get_num_threads(), index.data_ptr(), found.data_ptr(),
     )

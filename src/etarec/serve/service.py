@@ -277,6 +277,10 @@ def _score_forever(connection, checkpoint: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the service stops us
     import torch
 
+    from etarec.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a spawned process starts with malloc's defaults
+
     torch.set_num_threads(threads)
     try:
         scorer = Scorer.load(checkpoint, threads=threads)
