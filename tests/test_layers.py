@@ -3,7 +3,7 @@
 Every import is read from the source (function-level imports included, since hiding an import
 inside a function does not remove the dependency). Bottom to top:
 
-    errors -> config, atomic -> retrieval | data -> nn -> models -> store -> train | serve -> compare, report
+    errors, allocator -> config, atomic -> retrieval | data -> nn -> models -> store -> scale -> train | serve -> compare, report
     -> cli -> __main__
 
 A module may import its own package and anything below its layer; packages on one layer side by
@@ -17,12 +17,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "etarec"
 
 LAYERS = [  # bottom first; one entry = one layer, its parts side by side
-    {"errors"},
+    {"errors", "allocator"},
     {"config", "atomic"},
     {"retrieval", "data"},
     {"nn"},
     {"models"},
     {"store"},
+    {"scale"},  # TorchRec tables (optional extra): imported by train only when a config asks
     {"train", "serve"},
     {"compare", "report"},
     {"cli", "__init__"},
