@@ -103,6 +103,24 @@ class ModelConfig(_Section):
     # SDIM (sdim model only): m fixed random hash functions, read as m / tau signatures of tau bits
     sdim_hashes: int = Field(48, ge=1)
     sdim_tau: int = Field(3, ge=1, le=62)  # a signature is one int64 bucket id
+    # where the embedding tables live: "dense" (every process holds them all) or "torchrec" (split
+    # over the torchrun processes by TorchRec, see etarec.scale; needs pip install -e '.[scale]')
+    embeddings: Literal["dense", "torchrec"] = "dense"
+    # how torchrec splits each table: by rows over all processes, whole tables per process, or as
+    # TorchRec's planner chooses (rows, whole tables or columns)
+    sharding: Literal["row_wise", "table_wise", "planner"] = "row_wise"
+
+    @model_serializer(mode="wrap")
+    def _without_default_engine(self, handler):
+        """`embeddings` and `sharding` are left out of dumps at their defaults, so configs and the
+        digests of recorded runs read as before they existed."""
+        dumped = handler(self)
+        if isinstance(dumped, dict):
+            if self.embeddings == "dense":
+                dumped.pop("embeddings", None)
+            if self.sharding == "row_wise":
+                dumped.pop("sharding", None)
+        return dumped
 
     @model_validator(mode="after")
     def _check_windows(self) -> "ModelConfig":

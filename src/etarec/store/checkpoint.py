@@ -25,8 +25,10 @@ CHECKPOINT_FILE = "model.pt"
 FORMAT = "etarec-checkpoint-v1"
 
 
-def save_checkpoint(folder: Path, model: nn.Module, config: Config, vocab: Vocab, **extra) -> None:
-    """extra: plain values stored beside the weights. Without an explicit `catalog` (raw ids, item
+def save_checkpoint(folder: Path, model: nn.Module | dict, config: Config, vocab: Vocab, **extra) -> None:
+    """model: the model, or its state dict as the model built from `config` holds it (a run with
+    sharded tables passes its tables gathered whole: the file is the same plain checkpoint).
+    extra: plain values stored beside the weights. Without an explicit `catalog` (raw ids, item
     categories, user profiles: what serving needs, see store/catalog.py) the run's prepared data
     supplies it, when that data is on disk and matches `vocab`."""
     if "catalog" not in extra:
@@ -40,7 +42,7 @@ def save_checkpoint(folder: Path, model: nn.Module, config: Config, vocab: Vocab
         "model": config.model.name,
         "config": config.model_dump(mode="json"),
         "vocab": asdict(vocab),
-        "state_dict": model.state_dict(),
+        "state_dict": model if isinstance(model, dict) else model.state_dict(),
         **extra,
     }
     atomic_write_bytes(Path(folder) / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))

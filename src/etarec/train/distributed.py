@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -18,8 +19,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from etarec.config import Config, TrainConfig
 from etarec.data.batch import rank_share
 from etarec.errors import EtarecError
+from etarec.train.optim import OptimizerGroup, clip_gradients, make_optimizer
+from etarec.train import state as saved_state
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ class World:
         # fewer samples than ranks (a short last batch): one sample with weight 0 keeps this rank
         # in DDP's gradient all-reduce
         return global_index[:1], 0.0
+
+    def max(self, value: int) -> int:
+        return max(self.all_gather_object(value))
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.size > 1:
@@ -129,3 +136,207 @@ def started() -> Iterator[World]:
     finally:
         if created:
             dist.destroy_process_group()
+
+
+class DataParallel:
+    """Every process holds the whole model; DDP averages the gradients of its replicas."""
+
+    collective_forward = False  # a forward pass talks to no other process
+
+    def __init__(self, world: World):
+        self.world = world
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model evaluation and checkpoints use (here: as built)."""
+        return model
+
+    def replica(self, model: nn.Module) -> nn.Module:
+        """What the training steps call."""
+        return self.world.wrap(model)
+
+    def optimizer(self, model: nn.Module, config: TrainConfig) -> OptimizerGroup:
+        return make_optimizer(model, config)
+
+    def clip_gradients(self, model: nn.Module, max_norm: float) -> None:
+        clip_gradients(list(model.parameters()), max_norm)
+
+    def plain_state_dict(self, model: nn.Module) -> dict | None:
+        """The weights as model.pt holds them (on rank 0; every rank calls this)."""
+        return model.state_dict()
+
+    def load_plain_state_dict(self, model: nn.Module, state: dict) -> None:
+        model.load_state_dict(state)
+
+    def save_state(self, folder: Path, config: Config, meta: dict, model: nn.Module, optimizer,
+                   progress: saved_state.Progress) -> None:
+        rngs = self.world.all_gather_object(saved_state.rng_states(self.world.device))  # every rank's own streams
+        if self.world.main:
+            saved_state.save_state(folder, config, meta, model.state_dict(), optimizer.state_dict(), rngs, progress)
+
+    def restore(self, payload: dict, folder: Path, meta: dict, model: nn.Module, optimizer) -> saved_state.Progress:
+        return saved_state.restore(payload, folder, meta, model, optimizer, self.world.rank, self.world.size,
+                                   self.world.device)
+
+
+def parallel_for(config: Config, world: World):
+    """How the model is spread over the processes: DataParallel, or with model.embeddings:
+    torchrec the tables split over them (etarec.scale, an optional extra)."""
+    if config.model.embeddings == "dense":
+        return DataParallel(world)
+    return ShardedTables(world, config)
+
+
+class _ShardedOptimizer(OptimizerGroup):
+    """The dense part's optimizers (as make_optimizer builds them) and one over this process's
+    table shards. state_dict() is the dense part's: the shards' moments are saved per shard."""
+
+    def __init__(self, dense: OptimizerGroup, tables: torch.optim.Optimizer | None):
+        super().__init__(dense.optimizers + ([tables] if tables is not None else []))
+        self.dense, self.tables = dense, tables
+
+    def step(self) -> None:
+        if self.tables is not None:  # a shard no row of the batch lives in still steps, as a dense table would
+            for group in self.tables.param_groups:
+                for rows in group["params"]:
+                    if rows.grad is None and not isinstance(self.tables, torch.optim.SparseAdam):
+                        rows.grad = torch.zeros_like(rows)
+        super().step()
+
+    def state_dict(self) -> dict:
+        return self.dense.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dense.load_state_dict(state)
+
+    def moments(self, rows: torch.Tensor) -> dict:
+        """Adam's state of one shard (zeros before its first step)."""
+        state = self.tables.state[rows]
+        if not state:
+            sparse = isinstance(self.tables, torch.optim.SparseAdam)
+            state.update(step=0 if sparse else torch.tensor(0.0), exp_avg=torch.zeros_like(rows),
+                         exp_avg_sq=torch.zeros_like(rows))
+        return state
+
+
+class ShardedTables(DataParallel):
+    """model.embeddings: torchrec: the embedding tables split over the processes by TorchRec
+    (etarec.scale.tables), the rest data-parallel (DDP inside DistributedModelParallel).
+    Checkpoints (model.pt) hold whole tables, gathered on rank 0: the plain format every command
+    loads; the training state keeps them split (torch.distributed.checkpoint, one folder)."""
+
+    collective_forward = True  # each forward pass fetches rows from the other processes
+
+    def __init__(self, world: World, config: Config):
+        from etarec.scale import require_torchrec
+
+        require_torchrec()
+        if not dist.is_initialized():  # one process: TorchRec still shards over a (one-member) group
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        super().__init__(world)
+        self.sharding = config.model.sharding
+        self.dmp: nn.Module | None = None
+        self.shards: list = []
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        from etarec.scale.tables import shard_model
+
+        fetching, self.dmp, self.shards = shard_model(model, self.world.size, self.world.device, self.sharding)
+        return fetching
+
+    def replica(self, model: nn.Module) -> nn.Module:
+        return self.dmp
+
+    def optimizer(self, model: nn.Module, config: TrainConfig) -> _ShardedOptimizer:
+        rows = [shard.rows for shard in self.shards]
+        tables = None
+        if rows and model.model.embeddings.sparse:
+            tables = torch.optim.SparseAdam(rows, lr=config.lr)
+        elif rows:
+            tables = torch.optim.Adam(rows, lr=config.lr, weight_decay=config.weight_decay)
+        from etarec.scale.tables import dense_parameters
+
+        dense = OptimizerGroup([torch.optim.Adam(dense_parameters(model), lr=config.lr, weight_decay=config.weight_decay)])
+        return _ShardedOptimizer(dense, tables)
+
+    def clip_gradients(self, model: nn.Module, max_norm: float) -> None:
+        """clip_gradients over the whole model: the dense gradients are the same on every rank,
+        the shards' are summed over the ranks."""
+        def squares(parameters) -> torch.Tensor:
+            total = torch.zeros(())
+            for p in parameters:
+                if p.grad is not None:
+                    grad = p.grad.coalesce() if p.grad.is_sparse else p.grad
+                    total = total + (grad.values() if grad.is_sparse else grad).pow(2).sum()
+            return total
+
+        from etarec.scale.tables import dense_parameters
+
+        dense, rows = dense_parameters(model), [shard.rows for shard in self.shards]
+        total = (squares(dense) + self.world.sum(squares(rows))).sqrt()
+        scale = max_norm / (total + 1e-6)
+        if scale < 1:
+            for p in [*dense, *rows]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    p.grad = p.grad.coalesce()
+                    p.grad.values().mul_(scale)
+                else:
+                    p.grad.mul_(scale)
+
+    def plain_state_dict(self, model: nn.Module) -> dict | None:
+        from etarec.scale.tables import plain_state_dict
+
+        return plain_state_dict(model, self.world.main)
+
+    def load_plain_state_dict(self, model: nn.Module, state: dict) -> None:
+        from etarec.scale.tables import load_plain_state_dict
+
+        load_plain_state_dict(model, self.shards, state)
+
+    def _shard_tensors(self, model: nn.Module, optimizer: _ShardedOptimizer) -> dict:
+        from etarec.scale.tables import like_tables, table_tensors
+
+        tensors = {"tables": table_tensors(model)}
+        for moment in ("exp_avg", "exp_avg_sq"):  # keyed alike on every rank, also one holding no shard
+            tensors[moment] = like_tables(model, self.shards, {id(shard.rows): optimizer.moments(shard.rows)[moment]
+                                                               for shard in self.shards})
+        return tensors
+
+    def save_state(self, folder: Path, config: Config, meta: dict, model: nn.Module, optimizer,
+                   progress: saved_state.Progress) -> None:
+        from etarec.scale.tables import dense_state_dict
+
+        world = self.world
+        rngs = world.all_gather_object(saved_state.rng_states(world.device))
+        steps = [float(optimizer.moments(shard.rows)["step"]) for shard in self.shards]
+        table_step = world.max(max(steps, default=0.0))
+        name = saved_state.shards_name(progress)
+        saved_state.save_shards(folder, name, self._shard_tensors(model, optimizer), world.main, world.barrier)
+        if world.main:
+            saved_state.save_state(folder, config, meta, dense_state_dict(model), optimizer.state_dict(), rngs,
+                                   progress, shards=name, table_step=table_step)
+            saved_state.drop_old_shards(folder, keep=name)
+        world.barrier()
+
+    def restore(self, payload: dict, folder: Path, meta: dict, model: nn.Module, optimizer) -> saved_state.Progress:
+        world = self.world
+        saved_state.check_resumable(payload, folder, meta, world.size)
+        if "shards" not in payload:
+            raise EtarecError(f"{Path(folder) / saved_state.STATE_FILE} is the state of a run with dense tables; "
+                              "resume it without model.embeddings: torchrec, or start a new run")
+        from etarec.scale.tables import load_dense_state_dict
+
+        try:
+            load_dense_state_dict(model, payload["model"])
+        except RuntimeError:
+            raise EtarecError(f"{Path(folder) / saved_state.STATE_FILE} does not fit the model of its own config; "
+                              "it was written by another etarec version, start the run again") from None
+        optimizer.load_state_dict(payload["optimizer"])
+        for shard in self.shards:
+            moments = optimizer.moments(shard.rows)
+            step = payload["table_step"]
+            moments["step"] = int(step) if isinstance(optimizer.tables, torch.optim.SparseAdam) else torch.tensor(step)
+        saved_state.load_shards(folder, payload["shards"], self._shard_tensors(model, optimizer))
+        saved_state.set_rng_states(payload["rng"][world.rank], world.device)
+        return saved_state.Progress(**payload["progress"])

@@ -8,6 +8,11 @@ model.pt, the best epoch's weights for evaluation and serving (train/checkpoint.
 
 Rank 0 writes it every train.state_every_steps steps and after every epoch, to a temp file that is
 fsynced and then renamed over the old one: at any instant the folder holds a complete state.
+
+A run with sharded tables (model.embeddings: torchrec) keeps the tables and their Adam moments out
+of state.pt: every process writes its shards to a fresh folder state-shards-EPOCH-STEP with
+torch.distributed.checkpoint, then state.pt (the dense part, as above) is renamed in naming it,
+and older shard folders are removed. A kill before the rename leaves the previous pair whole.
 """
 from __future__ import annotations
 
@@ -39,12 +44,14 @@ class Progress:
     step: int = 0  # global steps done in the current epoch
     epoch_loss_sum: float = 0.0  # BCE summed over the current epoch's samples so far
     epoch_samples: int = 0
-    epoch_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # the loop's time: steps and the waits for their batches
+    epoch_step_seconds: float = 0.0  # the steps alone (batch ready -> optimizer step done)
     best_auc: float = -math.inf
     best_epoch: int = -1
     stale: int = 0  # epochs since the best one
     done: bool = False  # the epoch loop has ended (all epochs, or early stop)
     train_seconds: float = 0.0
+    train_step_seconds: float = 0.0
     train_samples: int = 0
     history: list = field(default_factory=list)
 
@@ -75,18 +82,20 @@ def data_identity(meta: dict) -> dict:
     return {"fingerprint": meta["fingerprint"], "num_events": meta["num_events"], "splits": meta["splits"]}
 
 
-def save_state(folder: Path, config: Config, meta: dict, model: torch.nn.Module, optimizer,
-               rngs: list[dict], progress: Progress) -> None:
-    """Write state.pt atomically; `rngs` holds every rank's rng_states(), in rank order."""
+def save_state(folder: Path, config: Config, meta: dict, model_state: dict, optimizer_state: dict,
+               rngs: list[dict], progress: Progress, **extra) -> None:
+    """Write state.pt atomically; `rngs` holds every rank's rng_states(), in rank order. extra:
+    more plain values (a sharded run: the name of its shard folder, see save_shards)."""
     payload = {
         "format": FORMAT,
         "config": config.model_dump(mode="json"),
         "data": data_identity(meta),
         "world_size": len(rngs),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "rng": rngs,
         "progress": asdict(progress),
+        **extra,
     }
 
     def write(tmp: Path) -> None:
@@ -96,6 +105,50 @@ def save_state(folder: Path, config: Config, meta: dict, model: torch.nn.Module,
             os.fsync(handle.fileno())  # on disk before the rename makes it the state
 
     atomic_write_bytes(Path(folder) / STATE_FILE, write)
+
+
+SHARDS = "state-shards"  # folder name prefix of a sharded run's tables in its state
+
+
+def shards_name(progress: Progress) -> str:
+    """A fresh folder per save position: the one state.pt names stays whole while the next is written."""
+    return f"{SHARDS}-{progress.epoch}-{progress.step}"
+
+
+def save_shards(folder: Path, name: str, tensors: dict, main: bool, barrier) -> None:
+    """Every process writes its shards of `tensors` (ShardedTensors) to folder/name with
+    torch.distributed.checkpoint. Collective. Only a later state.pt naming the folder makes it
+    the state, so a kill while writing leaves the previous state whole."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(folder) / name
+    if main:
+        shutil.rmtree(path, ignore_errors=True)  # half written by a killed run at the same position
+    barrier()
+    dcp.save(tensors, checkpoint_id=path)  # files fsynced before it returns
+    barrier()
+
+
+def load_shards(folder: Path, name: str, tensors: dict) -> None:
+    """Read this process's shards of folder/name into `tensors` in place. Collective."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(folder) / name
+    if not path.is_dir():
+        raise EtarecError(f"{Path(folder) / STATE_FILE} names the shard folder {name}, which is missing; "
+                          "copy the whole run folder, or start the run again")
+    dcp.load(tensors, checkpoint_id=path)
+
+
+def drop_old_shards(folder: Path, keep: str) -> None:
+    """Remove the shard folders state.pt no longer names."""
+    import shutil
+
+    for path in Path(folder).glob(f"{SHARDS}-*"):
+        if path.name != keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_state(folder: Path) -> dict:
@@ -155,15 +208,8 @@ def restore(payload: dict, folder: Path, meta: dict, model: torch.nn.Module, opt
             rank: int, world_size: int, device: torch.device) -> Progress:
     """Load a payload from load_state into a freshly built model and optimizer, set this rank's
     RNG states, and return the loop's position."""
+    check_resumable(payload, folder, meta, world_size)
     path = Path(folder) / STATE_FILE
-    if payload["world_size"] != world_size:
-        raise EtarecError(
-            f"{path} was written by {payload['world_size']} process(es) and this run has {world_size}; "
-            f"resume with the same number (torchrun --nproc_per_node/--nnodes) so every rank gets its RNG state back"
-        )
-    if payload["data"] != data_identity(meta):
-        raise EtarecError(f"the prepared data differs from the data {path} was trained on; "
-                          "prepare the run's original data again, or start a new run")
     try:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -173,3 +219,16 @@ def restore(payload: dict, folder: Path, meta: dict, model: torch.nn.Module, opt
                           "it was written by another etarec version, start the run again") from None
     set_rng_states(payload["rng"][rank], device)
     return Progress(**payload["progress"])
+
+
+def check_resumable(payload: dict, folder: Path, meta: dict, world_size: int) -> None:
+    """The state was written by as many processes as this run has, on the same data."""
+    path = Path(folder) / STATE_FILE
+    if payload["world_size"] != world_size:
+        raise EtarecError(
+            f"{path} was written by {payload['world_size']} process(es) and this run has {world_size}; "
+            f"resume with the same number (torchrun --nproc_per_node/--nnodes) so every rank gets its RNG state back"
+        )
+    if payload["data"] != data_identity(meta):
+        raise EtarecError(f"the prepared data differs from the data {path} was trained on; "
+                          "prepare the run's original data again, or start a new run")

@@ -37,8 +37,7 @@ from etarec.train import distributed
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.distributed import World
 from etarec.train.metrics import DEFAULT_LENGTH_EDGES, all_metrics, metrics_by_length
-from etarec.train.optim import clip_gradients, make_optimizer
-from etarec.train.state import STATE_FILE, Progress, load_state, restore, rng_states, save_state
+from etarec.train.state import STATE_FILE, Progress, load_state
 
 
 def seed_everything(seed: int) -> None:
@@ -67,13 +66,19 @@ def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_siz
 
 def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
                    progress: bool = False, description: str = "evaluate", world: World = World(),
-                   length_edges=None) -> dict:
+                   length_edges=None, equal_passes: bool = False) -> dict:
     """Metrics over a split; with several ranks each predicts its share and all scores are gathered first.
-    With length_edges, also "by_length": the metrics per bucket of real history length (metrics_by_length)."""
+    With length_edges, also "by_length": the metrics per bucket of real history length (metrics_by_length).
+    equal_passes: every rank runs as many forward passes (sharded tables: each pass is collective);
+    a shorter share is padded with copies of the split's first sample, whose scores are dropped."""
     started = time.perf_counter()
     share = rank_share(np.arange(len(samples)), world.rank, world.size)
+    if equal_passes:
+        passes = world.max(math.ceil(len(share) / batch_size))
+        share = np.concatenate([share, np.zeros(max(0, (passes - 1) * batch_size + 1 - len(share)), dtype=share.dtype)])
     mine = Samples(**{f.name: getattr(samples, f.name)[share] for f in fields(Samples)})
     local, _ = predict(model, builder, mine, batch_size, progress and world.main, description)
+    local = local[: len(rank_share(np.arange(len(samples)), world.rank, world.size))]
     probabilities = world.gather_shares(local, len(samples))
     metrics = all_metrics(samples.user, samples.label, probabilities)
     if length_edges is not None:
@@ -96,11 +101,10 @@ class _Job:
     builder: BatchBuilder
     log: object
     progress: bool
+    parallel: distributed.DataParallel  # how the model is spread over the ranks (or ShardedTables)
 
     def save_state(self, progress: Progress) -> None:
-        rngs = self.world.all_gather_object(rng_states(self.world.device))  # every rank's own streams
-        if self.world.main:
-            save_state(self.out, self.config, self.data.meta, self.model, self.optimizer, rngs, progress)
+        self.parallel.save_state(self.out, self.config, self.data.meta, self.model, self.optimizer, progress)
 
 
 def _precision(precision: str, device: torch.device):
@@ -125,7 +129,7 @@ def _step(job: _Job, samples: Samples, global_index: np.ndarray) -> torch.Tensor
     job.optimizer.zero_grad(set_to_none=True)
     (losses.sum() * scale).backward()
     if job.config.train.grad_clip:
-        clip_gradients(list(job.model.parameters()), job.config.train.grad_clip)
+        job.parallel.clip_gradients(job.model, job.config.train.grad_clip)
     job.optimizer.step()
     return world.sum(losses.detach().sum() * bool(scale))
 
@@ -183,7 +187,7 @@ def _train_epoch(job: _Job, state: Progress) -> None:
 def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
     """Validate, keep the best checkpoint, decide on early stopping, move the position on."""
     valid = evaluate_split(job.model, job.builder, job.data.splits["valid"], job.config.train.eval_batch_size,
-                           job.progress, "valid", job.world)
+                           job.progress, "valid", job.world, equal_passes=job.parallel.collective_forward)
     loss = state.epoch_loss_sum / max(state.epoch_samples, 1)
     seconds = state.epoch_seconds
     state.history.append({"epoch": state.epoch + 1, "train_loss": loss, "train_seconds": seconds,
@@ -192,8 +196,9 @@ def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
             f"valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
     if valid["auc"] > state.best_auc:
         state.best_auc, state.best_epoch, state.stale = valid["auc"], state.epoch + 1, 0
+        weights = job.parallel.plain_state_dict(job.model)  # every rank takes part (sharded tables are gathered)
         if job.world.main:
-            save_checkpoint(job.out, job.model, job.config, vocab, epoch=state.epoch + 1, valid_auc=valid["auc"])
+            save_checkpoint(job.out, weights, job.config, vocab, epoch=state.epoch + 1, valid_auc=valid["auc"])
     else:
         state.stale += 1
         if state.stale > job.config.train.patience:
@@ -236,16 +241,18 @@ def _fit(config: Config, out: Path, world: World, progress: bool, log, data: Pre
     vocab = Vocab.from_meta(data.meta)
     seed_everything(config.train.seed)
     model = build_model(config.model, vocab).to(world.device)  # the same initial weights on every rank
-    optimizer = make_optimizer(model, config.train)
+    parallel = distributed.parallel_for(config, world)
+    model = parallel.prepare(model)
+    optimizer = parallel.optimizer(model, config.train)
     # dropout draws differ between ranks, as they would between the samples of one process
     torch.manual_seed(int(np.random.SeedSequence([config.train.seed, world.rank]).generate_state(1)[0]))
     state = Progress()
     if saved is not None:
-        state = restore(saved, out, data.meta, model, optimizer, world.rank, world.size, world.device)
+        state = parallel.restore(saved, out, data.meta, model, optimizer)
         log(f"resuming {out}: epoch {state.epoch + 1}, step {state.step}" if not state.done
             else f"resuming {out}: training had ended, evaluating the best epoch")
-    job = _Job(config, out, world, data, model, world.wrap(model), optimizer,
-               BatchBuilder(data, config.model.long_len, config.model.short_len), log, progress)
+    job = _Job(config, out, world, data, model, parallel.replica(model), optimizer,
+               BatchBuilder(data, config.model.long_len, config.model.short_len), log, progress, parallel)
     while not state.done:
         _train_epoch(job, state)
         _end_epoch(job, state, vocab)
@@ -256,11 +263,12 @@ def _finish(job: _Job, state: Progress) -> dict:
     """Score the best epoch's checkpoint on valid and test; rank 0 writes metrics.json."""
     config, data, world = job.config, job.data, job.world
     best = world.from_main(lambda: load_checkpoint(job.out, expected_model=config.model.name)[0].state_dict())
-    job.model.load_state_dict(best)
+    job.parallel.load_plain_state_dict(job.model, best)
+    equal = job.parallel.collective_forward
     valid = evaluate_split(job.model, job.builder, data.splits["valid"], config.train.eval_batch_size,
-                           job.progress, "valid", world, DEFAULT_LENGTH_EDGES)
+                           job.progress, "valid", world, DEFAULT_LENGTH_EDGES, equal)
     test = evaluate_split(job.model, job.builder, data.splits["test"], config.train.eval_batch_size,
-                          job.progress, "test", world, DEFAULT_LENGTH_EDGES)
+                          job.progress, "test", world, DEFAULT_LENGTH_EDGES, equal)
     metrics = {
         "model": config.model.name,
         "dataset": data.meta["dataset"],
