@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev,plot]'
+	# the scale extra (sharded tables): torch named again so that pip keeps the CPU build, then
+	# torchrec without its dependencies, which would pull the GPU fbgemm build over fbgemm-gpu-cpu
+	$(PY) -m pip install --quiet -e '.[scale]' torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps torchrec==1.8.0
 	touch $@
 
 install: $(VENV)/.installed

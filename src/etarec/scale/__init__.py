@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from etarec.errors import EtarecError
 
-INSTALL = "pip install -e '.[scale]'"
+INSTALL = "pip install -e '.[scale]' && pip install --no-deps torchrec==1.8.0"  # what `make dev` runs
 
 
 def require_torchrec() -> None:
@@ -17,4 +17,4 @@ def require_torchrec() -> None:
         import torchrec  # noqa: F401
     except (ImportError, OSError) as error:  # OSError: an fbgemm build whose native library does not load
         raise EtarecError(f"model.embeddings: torchrec needs TorchRec, which does not import here ({error}); "
-                          f"install the extra with `{INSTALL}` (see the Makefile's dev target)") from None
+                          f"install the extra: `{INSTALL}`") from None

@@ -104,6 +104,7 @@ class ShardedEmbeddings(Embeddings):
     def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """[...] ids -> [..., d] from the fetched rows"""
         table_ids, vectors = self.fetched[name]
+        ids = ids.to(table_ids.dtype)
         position = torch.searchsorted(table_ids, ids).clamp(max=len(table_ids) - 1)
         if not torch.equal(table_ids[position], ids):
             raise RuntimeError(f"{name} ids outside the fetched batch: call fetch() with every id the forward reads")
@@ -124,7 +125,7 @@ class ShardedEmbeddings(Embeddings):
         parts = []
         for name, ids in self._columns(items, categories, actions, time_gaps, mask):
             table_ids, vectors = self.fetched[name]
-            position = torch.searchsorted(table_ids, ids).clamp(max=len(table_ids) - 1)
+            position = torch.searchsorted(table_ids, ids.to(table_ids.dtype)).clamp(max=len(table_ids) - 1)
             parts.append(F.embedding_bag(position, vectors, per_sample_weights=weights, mode="sum"))
         return torch.cat(parts, dim=-1)
 
