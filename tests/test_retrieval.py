@@ -137,3 +137,20 @@ def test_sign_product_retrieval_for_many_candidates_equals_the_brute_force_refer
             expected = reference_top_k(query_bits[:, c], history_bits, mask, k)
             for row in range(rows):
                 assert index[row, c][found[row, c]].tolist() == expected[row], f"row {row}, candidate {c}"
+
+
+@pytest.mark.parametrize("bits", [1, 8, 63, 64, 65, 130])
+@pytest.mark.parametrize("fast", [True, False])
+def test_pack_bits_puts_bit_j_of_word_w_at_position_64w_plus_j(bits, fast, monkeypatch):
+    from etarec.retrieval import simhash
+
+    if not fast:  # the plain torch ops (what runs on devices and under exporters)
+        monkeypatch.setattr(simhash, "cpu_fast_path", lambda tensor: False)
+    rng = np.random.default_rng(bits)
+    flags = torch.from_numpy(rng.random((3, 4, bits)) < 0.5)
+    packed = simhash.pack_bits(flags)
+    assert packed.shape == (3, 4, (bits + 63) // 64) and packed.dtype == torch.int64
+    for row, words in zip(flags.reshape(-1, bits).tolist(), packed.reshape(-1, packed.shape[-1]).tolist()):
+        for w, word in enumerate(words):
+            expected = sum(1 << j for j in range(64) if 64 * w + j < bits and row[64 * w + j])
+            assert word % 2**64 == expected

@@ -447,7 +447,7 @@ def test_onnx_graph_equals_the_model_at_any_shape(runs, real, exported, requests
     wide = BatchBuilder(real.data, max(length, 1), 0).build(test, samples)  # right-aligned, length columns
     feeds = {"user": wide.user, "user_profile": wide.user_profile, "history_mask": wide.history_mask[:, wide.long_len - length:]}
     for column in ("items", "categories", "actions", "time_gaps"):
-        feeds[f"history_{column}"] = getattr(wide, f"history_{column}")[:, wide.long_len - length:]
+        feeds[f"history_{column}"] = getattr(wide, f"history_{column}")[:, wide.long_len - length:].to(torch.int64)  # the graph's id type
     targets = torch.from_numpy(test.item[:candidates])
     feeds["candidate_items"] = targets.expand(requests, -1)
     feeds["candidate_categories"] = torch.from_numpy(real.data.item_category[test.item[:candidates]]).expand(requests, -1)

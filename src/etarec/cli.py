@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -281,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, even in a log file
     if args.command in STEP_COMMANDS:
         keep_freed_memory()
+        # OpenMP threads that wait by spinning hold their core while a thread they wait for has
+        # been preempted by another process: one busy process beside a 2-thread ETA step at
+        # L = 4,096 made it 3.3x slower; waiting passively, 1.7x, at 8% of the quiet speed
+        # (RESULTS.md, "End to end at long histories"). Read when torch loads, so set before it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         args.run(args)
     except EtarecError as error:

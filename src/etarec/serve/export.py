@@ -50,11 +50,13 @@ class RequestGraph(nn.Module):
 
 
 def batch_inputs(batch: Batch) -> dict[str, torch.Tensor]:
-    """A Batch as graph inputs: each sample is a request with its target as the one candidate."""
-    return {"user": batch.user, "user_profile": batch.user_profile, "history_items": batch.history_items,
+    """A Batch as graph inputs: each sample is a request with its target as the one candidate.
+    Id columns go in as int64, the graph's id type (a built batch holds int32 windows)."""
+    inputs = {"user": batch.user, "user_profile": batch.user_profile, "history_items": batch.history_items,
             "history_categories": batch.history_categories, "history_actions": batch.history_actions,
             "history_time_gaps": batch.history_time_gaps, "history_mask": batch.history_mask,
             "candidate_items": batch.target_item[:, None], "candidate_categories": batch.target_category[:, None]}
+    return {name: column.to(torch.int64) if column.dtype == torch.int32 else column for name, column in inputs.items()}
 
 
 def export_onnx(folder: str | Path, out: str | Path) -> Path:
