@@ -49,17 +49,22 @@ def prepared_dir(tmp_path_factory):
     return folder
 
 
+STEPS = 150  # an epoch of 150 global steps: over ~300 a last-bit difference (the order of a sum)
+# grows into 1e-2 in the weights for any two-process run, dense DDP as much (see the full-epoch test)
+
+
 @pytest.fixture(scope="module")
 def one_dense_epoch(prepared_dir, tmp_path_factory):
     """(raw config, run folder, metrics) of one epoch on one process with dense tables."""
-    raw = tiny_raw(prepared_dir, epochs=1)
+    raw = tiny_raw(prepared_dir, epochs=1, max_steps_per_epoch=STEPS)
     out = tmp_path_factory.mktemp("dense") / "run"
     return raw, out, train(build_config(raw), out, progress=False, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def two_sharded_epoch(one_dense_epoch, tmp_path_factory):
-    """The same epoch on two processes, every table split by rows between them."""
+    """The same epoch on two processes, every table split by rows between them, each holding
+    half of the data."""
     raw, _, _ = one_dense_epoch
     folder = tmp_path_factory.mktemp("sharded")
     out = folder / "run"
@@ -68,13 +73,13 @@ def two_sharded_epoch(one_dense_epoch, tmp_path_factory):
     return out
 
 
-def assert_same_training(one: dict, one_out, two: dict, two_out) -> None:
-    assert two["processes"] == 2 and one["processes"] == 1
+def assert_same_training(one: dict, one_out, two: dict, two_out, processes: int = 1) -> None:
+    assert two["processes"] == 2 and one["processes"] == processes
     for one_epoch, two_epoch in zip(one["history"], two["history"], strict=True):
         assert two_epoch["train_loss"] == pytest.approx(one_epoch["train_loss"], abs=1e-6)
     for split in ("valid", "test"):
         for metric in ("auc", "gauc", "logloss"):
-            assert two[split][metric] == pytest.approx(one[split][metric], abs=1e-5), (split, metric)
+            assert two[split][metric] == pytest.approx(one[split][metric], abs=1e-4), (split, metric)
     expected, got = weights(one_out), weights(two_out)
     assert set(got) == set(expected), "the sharded run's model.pt is not in the plain (dense) layout"
     for name, weight in expected.items():
@@ -96,9 +101,27 @@ def test_two_processes_with_sharded_tables_train_like_one_with_dense_tables(one_
 
 @needs_torchrec
 @pytest.mark.slow
+def test_over_a_whole_epoch_sharded_tables_train_as_dense_ddp_does(prepared_dir, tmp_path):
+    """The whole epoch of the bundled data (313 steps), two processes each: sharded tables with
+    the data by share against replicated tables (DDP) with all data. DIN: ETA's SimHash signs
+    may flip on a last-bit difference between the two runs' sums."""
+    raw = tiny_raw(prepared_dir, epochs=1)
+    raw["model"]["name"] = "din"
+    outs = {}
+    for name, config in (("ddp", raw), ("sharded", sharded(raw))):
+        outs[name] = tmp_path / name
+        path = write_config(tmp_path / f"{name}.yaml", config)
+        run(torchrun("-m", "etarec", "train", "--config", str(path), "--out", str(outs[name]), "--no-progress"))
+    ddp, two = (json.loads((outs[name] / "metrics.json").read_text()) for name in ("ddp", "sharded"))
+    assert two["history"][0]["epoch"] == 1 and ddp["processes"] == 2
+    assert_same_training(ddp, outs["ddp"], two, outs["sharded"], processes=2)
+
+
+@needs_torchrec
+@pytest.mark.slow
 def test_table_wise_and_planner_chosen_sharding_train_the_same(one_dense_epoch, tmp_path):
     raw, one_out, _ = one_dense_epoch
-    short = {**raw, "train": {**raw["train"], "max_steps_per_epoch": 20}}
+    short = {**raw, "train": {**raw["train"], "max_steps_per_epoch": 20}}  # ETA
     one = train(build_config(short), tmp_path / "one", progress=False, log=lambda *_: None)
     for sharding in ("table_wise", "planner"):
         out = tmp_path / sharding
@@ -186,3 +209,24 @@ def test_a_missing_torchrec_is_one_line_naming_the_install(tmp_path, prepared_di
     line = result.stderr.strip()
     assert "\n" not in line and "Traceback" not in line, result.stderr
     assert "pip install -e '.[scale]'" in line and "torchrec" in line
+
+
+def test_each_process_holds_only_its_share_of_the_data(prepared_dir):
+    """By share: disjoint users, their sequences and samples, together the whole dataset; every
+    held sample builds the same window as from the whole data."""
+    whole = load_prepared(prepared_dir)
+    parts = [load_prepared(prepared_dir, share=(rank, 2)) for rank in (0, 1)]
+    events = len(whole.sequences.item)
+    assert sum(len(part.sequences.item) for part in parts) == events
+    assert all(len(part.sequences.item) < 0.6 * events for part in parts), "a share is not about half"
+    for split in ("train", "valid", "test"):
+        ids = [part.shares[split].ids for part in parts]
+        assert not set(ids[0]) & set(ids[1])
+        assert sorted(np.concatenate(ids)) == list(range(len(whole.splits[split])))
+        assert all(part.split_size(split) == len(whole.splits[split]) for part in parts)
+    for part in parts:
+        held = part.shares["train"].ids[::97]
+        mine = BatchBuilder(part, 32, 8).build(part.splits["train"], np.arange(0, len(part.splits["train"]), 97))
+        reference = BatchBuilder(whole, 32, 8).build(whole.splits["train"], held)
+        for field in ("user", "target_item", "history_items", "history_categories", "history_time_gaps", "labels"):
+            assert torch.equal(getattr(mine, field), getattr(reference, field)), field

@@ -86,9 +86,15 @@ def timestamp_warnings(timestamps: np.ndarray, name: str, now: float | None = No
     return lines
 
 
-def ensure_prepared(data: DataConfig, log=print, warn=print_warning) -> PreparedData:
+def ensure_prepared(data: DataConfig, log=print, warn=print_warning, share: tuple[int, int] | None = None) -> PreparedData:
     """Load the prepared dataset for `data`, preparing it first when absent or made from other
-    inputs: another data config, or raw files that changed since (fingerprint.py)."""
+    inputs: another data config, or raw files that changed since (fingerprint.py).
+    share=(rank, size): only that process's share of it (prepared.load_prepared)."""
+    return load_prepared(prepared_folder(data, log, warn), share)
+
+
+def prepared_folder(data: DataConfig, log=print, warn=print_warning) -> Path:
+    """The folder of the prepared dataset for `data`, prepared first when absent or stale."""
     folder = default_prepared_dir(data)
     meta_file = folder / "meta.json"
     if meta_file.is_file():
@@ -98,10 +104,10 @@ def ensure_prepared(data: DataConfig, log=print, warn=print_warning) -> Prepared
             meta = None
         reason = _stale_reason(meta, data)
         if reason is None:
-            return load_prepared(folder)
+            return folder
         log(f"{folder} was prepared from other inputs ({reason}); preparing again")
     prepare(data, folder, log=log, warn=warn)
-    return load_prepared(folder)
+    return folder
 
 
 def _stale_reason(meta, data: DataConfig) -> str | None:

@@ -32,6 +32,9 @@ class World:
     size: int = 1
     local_rank: int = 0  # rank among the processes of this machine
     device: torch.device = torch.device("cpu")
+    # data by share (sharded tables): the global train sample ids this rank holds, increasing, in
+    # the order of its train split; None: it holds the whole split
+    train_ids: np.ndarray | None = None
 
     @property
     def main(self) -> bool:
@@ -52,13 +55,22 @@ class World:
 
         DDP averages the ranks' gradients, so a loss sum times size / len(global_index) on every
         rank gives the global batch's mean gradient, also when the parts differ in size by one.
+
+        By share (train_ids set) the part is the samples of the global batch this rank holds, as
+        positions in its own train split: the parts still cover the global batch, of any sizes.
         """
-        local = rank_share(global_index, self.rank, self.size)
+        if self.train_ids is not None:
+            position = np.searchsorted(self.train_ids, global_index).clip(max=len(self.train_ids) - 1)
+            local = position[self.train_ids[position] == global_index]
+            stand_in = np.zeros(1, dtype=np.int64)  # its own first sample
+        else:
+            local = rank_share(global_index, self.rank, self.size)
+            stand_in = global_index[:1]
         if len(local):
             return local, self.size / len(global_index)
-        # fewer samples than ranks (a short last batch): one sample with weight 0 keeps this rank
-        # in DDP's gradient all-reduce
-        return global_index[:1], 0.0
+        # none of the batch is here (a short last batch, or by share): one sample with weight 0
+        # keeps this rank in the gradient all-reduce
+        return stand_in, 0.0
 
     def max(self, value: int) -> int:
         return max(self.all_gather_object(value))
@@ -72,6 +84,13 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def gather_by_id(self, ids: np.ndarray, local: np.ndarray, total: int) -> np.ndarray:
+        """[total] values from every rank's (ids, local values) of a split held by share."""
+        values = np.zeros(total, dtype=local.dtype)
+        for part_ids, part in self.all_gather_object((ids, local)):
+            values[part_ids] = part
+        return values
 
     def gather_shares(self, local: np.ndarray, total: int) -> np.ndarray:
         """Every rank's `rank_share` of `total` values, concatenated in rank order (= sample order).

@@ -29,7 +29,7 @@ from etarec.atomic import atomic_write_bytes, write_text_atomically
 from etarec.config import Config, build_config, dump_config
 from etarec.data.batch import BatchBuilder, epoch_order, rank_share
 from etarec.data.prepare import ensure_prepared
-from etarec.data.prepared import PreparedData, Samples
+from etarec.data.prepared import PreparedData, Samples, SplitShare
 from etarec.errors import EtarecError
 from etarec.models import build_model, model_class
 from etarec.nn.embeddings import Vocab
@@ -66,20 +66,29 @@ def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_siz
 
 def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
                    progress: bool = False, description: str = "evaluate", world: World = World(),
-                   length_edges=None, equal_passes: bool = False) -> dict:
+                   length_edges=None, equal_passes: bool = False, held: SplitShare | None = None) -> dict:
     """Metrics over a split; with several ranks each predicts its share and all scores are gathered first.
     With length_edges, also "by_length": the metrics per bucket of real history length (metrics_by_length).
     equal_passes: every rank runs as many forward passes (sharded tables: each pass is collective);
-    a shorter share is padded with copies of the split's first sample, whose scores are dropped."""
+    a shorter share is padded with copies of its first sample, whose scores are dropped.
+    held: `samples` is this rank's part of a split held by share; its samples are all it predicts."""
     started = time.perf_counter()
-    share = rank_share(np.arange(len(samples)), world.rank, world.size)
+    share = np.arange(len(samples)) if held is not None else rank_share(np.arange(len(samples)), world.rank, world.size)
+    predicted = len(share)
     if equal_passes:
         passes = world.max(math.ceil(len(share) / batch_size))
+        if passes and not len(samples):
+            raise EtarecError(f"rank {world.rank} holds no {description} sample; train on fewer processes")
         share = np.concatenate([share, np.zeros(max(0, (passes - 1) * batch_size + 1 - len(share)), dtype=share.dtype)])
     mine = Samples(**{f.name: getattr(samples, f.name)[share] for f in fields(Samples)})
     local, _ = predict(model, builder, mine, batch_size, progress and world.main, description)
-    local = local[: len(rank_share(np.arange(len(samples)), world.rank, world.size))]
-    probabilities = world.gather_shares(local, len(samples))
+    local = local[:predicted]
+    if held is None:
+        probabilities = world.gather_shares(local, len(samples))
+    else:  # the whole split, in its order, from every rank's part
+        probabilities = world.gather_by_id(held.ids, local, held.total)
+        samples = Samples(**{f.name: world.gather_by_id(held.ids, getattr(samples, f.name), held.total)
+                             for f in fields(Samples)})
     metrics = all_metrics(samples.user, samples.label, probabilities)
     if length_edges is not None:
         metrics["by_length"] = metrics_by_length(samples.user, samples.label, probabilities, samples.position, length_edges)
@@ -145,10 +154,10 @@ def _train_epoch(job: _Job, state: Progress) -> None:
     reading each at once)."""
     train_config = job.config.train
     samples = job.data.splits["train"]
-    steps = math.ceil(len(samples) / train_config.batch_size)
+    steps = math.ceil(job.data.split_size("train") / train_config.batch_size)
     if train_config.max_steps_per_epoch:
         steps = min(steps, train_config.max_steps_per_epoch)
-    order = epoch_order(len(samples), train_config.seed, state.epoch)
+    order = epoch_order(job.data.split_size("train"), train_config.seed, state.epoch)
     job.replica.train()
     bar = tqdm(total=steps, initial=state.step, desc=f"epoch {state.epoch + 1}/{train_config.epochs}",
                disable=not (job.progress and job.world.main), leave=False)
@@ -187,7 +196,8 @@ def _train_epoch(job: _Job, state: Progress) -> None:
 def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
     """Validate, keep the best checkpoint, decide on early stopping, move the position on."""
     valid = evaluate_split(job.model, job.builder, job.data.splits["valid"], job.config.train.eval_batch_size,
-                           job.progress, "valid", job.world, equal_passes=job.parallel.collective_forward)
+                           job.progress, "valid", job.world, equal_passes=job.parallel.collective_forward,
+                           held=job.data.shares and job.data.shares["valid"])
     loss = state.epoch_loss_sum / max(state.epoch_samples, 1)
     seconds = state.epoch_seconds
     state.history.append({"epoch": state.epoch + 1, "train_loss": loss, "train_seconds": seconds,
@@ -215,11 +225,13 @@ def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
 def _prepared(config: Config, world: World, log) -> PreparedData:
     """Each rank's prepared data. Rank 0 prepares first, then the first process of every other
     machine (which finds the data when the folder is shared, else prepares its own copy), then
-    the rest load it: no two processes ever write the same folder."""
+    the rest load it: no two processes ever write the same folder. With sharded tables on several
+    ranks each loads only its share (prepared.load_prepared)."""
+    share = (world.rank, world.size) if config.model.embeddings == "torchrec" and world.size > 1 else None
     data = None
     for my_turn in (world.main, world.local_rank == 0, True):
         if my_turn and data is None:
-            data = ensure_prepared(config.data, log=log)
+            data = ensure_prepared(config.data, log=log, share=share)
         world.barrier()
     return data
 
@@ -238,6 +250,8 @@ def _fit(config: Config, out: Path, world: World, progress: bool, log, data: Pre
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     data = data or _prepared(config, world, log)
+    if data.shares is not None:  # held by share: each rank's part of a global batch is what it holds of it
+        world = dataclasses.replace(world, train_ids=data.shares["train"].ids)
     vocab = Vocab.from_meta(data.meta)
     seed_everything(config.train.seed)
     model = build_model(config.model, vocab).to(world.device)  # the same initial weights on every rank
@@ -264,11 +278,11 @@ def _finish(job: _Job, state: Progress) -> dict:
     config, data, world = job.config, job.data, job.world
     best = world.from_main(lambda: load_checkpoint(job.out, expected_model=config.model.name)[0].state_dict())
     job.parallel.load_plain_state_dict(job.model, best)
-    equal = job.parallel.collective_forward
+    equal, shares = job.parallel.collective_forward, data.shares or {}
     valid = evaluate_split(job.model, job.builder, data.splits["valid"], config.train.eval_batch_size,
-                           job.progress, "valid", world, DEFAULT_LENGTH_EDGES, equal)
+                           job.progress, "valid", world, DEFAULT_LENGTH_EDGES, equal, shares.get("valid"))
     test = evaluate_split(job.model, job.builder, data.splits["test"], config.train.eval_batch_size,
-                          job.progress, "test", world, DEFAULT_LENGTH_EDGES, equal)
+                          job.progress, "test", world, DEFAULT_LENGTH_EDGES, equal, shares.get("test"))
     metrics = {
         "model": config.model.name,
         "dataset": data.meta["dataset"],
