@@ -118,6 +118,8 @@ def load_prepared(folder: str | Path, share: tuple[int, int] | None = None) -> P
             splits[split], shares[split] = _samples(folder / "samples" / f"{split}.parquet", owned)
     except (OSError, pa.ArrowInvalid, KeyError) as error:
         raise EtarecError(f"prepared data in {folder} is incomplete or corrupt ({error}); run `etarec prepare` again") from None
+    if share is not None:  # the whole columns read for the share go back to the system, not to Arrow's pool
+        pa.default_memory_pool().release_unused()
     profile_names = [name.removeprefix("profile_") for name in users.column_names if name.startswith("profile_")]
     profiles = np.stack(
         [users[f"profile_{name}"].to_numpy().astype(np.int64) for name in profile_names], axis=1

@@ -212,6 +212,8 @@ def shard_model(model: nn.Module, world_size: int, device: torch.device, shardin
     initial = model.embeddings.initial
     with torch.no_grad():
         for shard in shards:
+            if initial[shard.table].is_meta:  # a model built on the meta device: the shards stay zero
+                continue
             n, c = shard.rows.shape
             shard.rows.copy_(initial[shard.table][shard.row:shard.row + n, shard.column:shard.column + c])
     model.embeddings.initial = {}
