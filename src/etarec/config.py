@@ -160,14 +160,20 @@ class TrainConfig(_Section):
     # resumable state (state.pt) every this many steps, and after every epoch; null: after epochs only
     state_every_steps: int | None = Field(500, ge=1)
     precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast in the training steps
+    # training batches built this many steps ahead by a background thread (0: built in the step);
+    # which batches come, and their order, do not depend on it
+    prefetch: int = Field(1, ge=0)
 
     @model_serializer(mode="wrap")
-    def _without_default_precision(self, handler):
-        """`precision` is left out of dumps while float32, so configs and the digests of recorded
-        runs read as before it existed."""
+    def _without_defaults_added_later(self, handler):
+        """`precision` (while float32) and `prefetch` (while 1) are left out of dumps, so configs
+        and the digests of recorded runs read as before they existed."""
         dumped = handler(self)
-        if self.precision == "float32" and isinstance(dumped, dict):
-            dumped.pop("precision", None)
+        if isinstance(dumped, dict):
+            if self.precision == "float32":
+                dumped.pop("precision", None)
+            if self.prefetch == 1:
+                dumped.pop("prefetch", None)
         return dumped
 
 

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from etarec.atomic import atomic_write_bytes, write_text_atomically
 from etarec.config import Config, build_config, dump_config
-from etarec.data.batch import BatchBuilder, epoch_order, rank_share
+from etarec.data.batch import Batch, BatchBuilder, epoch_order, rank_share
+from etarec.data.prefetch import prefetched
 from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import PreparedData, Samples, SplitShare
 from etarec.errors import EtarecError
@@ -124,14 +125,21 @@ def _precision(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _step(job: _Job, samples: Samples, global_index: np.ndarray) -> torch.Tensor:
-    """One optimizer step on a global batch; returns the batch's BCE sum over all ranks as a 0-d
-    tensor on the device: reading it waits for the device, so the loop reads it only when needed."""
-    world = job.world
-    local, scale = world.local_batch(global_index)
+def _local_batch(job: _Job, samples: Samples, global_index: np.ndarray) -> tuple[Batch, float]:
+    """This rank's part of a global batch, built (and pinned for a CUDA device), with its loss
+    factor (World.local_batch). Runs in the prefetching thread."""
+    local, scale = job.world.local_batch(global_index)
     batch = job.builder.build(samples, local)
-    if world.device.type == "cuda":
-        batch = batch.pin_memory()  # page-locked, so the copy below leaves the host free to go on
+    if job.world.device.type == "cuda":
+        batch = batch.pin_memory()  # page-locked, so the copy in _step leaves the host free to go on
+    return batch, scale
+
+
+def _step(job: _Job, batch: Batch, scale: float) -> torch.Tensor:
+    """One optimizer step on this rank's part of a global batch; returns the batch's BCE sum over
+    all ranks as a 0-d tensor on the device: reading it waits for the device, so the loop reads
+    it only when needed."""
+    world = job.world
     batch = batch.to(world.device)
     with _precision(job.config.train.precision, world.device):
         losses = nn.functional.binary_cross_entropy_with_logits(job.replica(batch), batch.labels, reduction="none")
@@ -172,10 +180,15 @@ def _train_epoch(job: _Job, state: Progress) -> None:
         bar.set_postfix(loss=f"{loss_sums[-1] / pending[-1][1]:.4f}")
         pending.clear()
 
+    size = train_config.batch_size
+    global_batches = [order[step * size : (step + 1) * size] for step in range(state.step, steps)]
+    batches = prefetched(lambda global_index: _local_batch(job, samples, global_index), global_batches,
+                         train_config.prefetch)
     started = shown = time.perf_counter()
-    while state.step < steps:
-        global_index = order[state.step * train_config.batch_size : (state.step + 1) * train_config.batch_size]
-        pending.append((_step(job, samples, global_index), len(global_index)))
+    for global_index, (batch, scale) in zip(global_batches, batches):
+        step_started = time.perf_counter()
+        pending.append((_step(job, batch, scale), len(global_index)))
+        state.epoch_step_seconds += time.perf_counter() - step_started
         state.step += 1
         state.epoch_samples += len(global_index)
         bar.update()
@@ -188,6 +201,7 @@ def _train_epoch(job: _Job, state: Progress) -> None:
             state.epoch_seconds += time.perf_counter() - started
             job.save_state(state)
             started = time.perf_counter()  # the save is not training time
+    batches.close()
     read_pending()
     state.epoch_seconds += time.perf_counter() - started
     bar.close()
@@ -199,11 +213,11 @@ def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
                            job.progress, "valid", job.world, equal_passes=job.parallel.collective_forward,
                            held=job.data.shares and job.data.shares["valid"])
     loss = state.epoch_loss_sum / max(state.epoch_samples, 1)
-    seconds = state.epoch_seconds
+    seconds, step_seconds = state.epoch_seconds, state.epoch_step_seconds
     state.history.append({"epoch": state.epoch + 1, "train_loss": loss, "train_seconds": seconds,
-                          **{f"valid_{k}": v for k, v in valid.items()}})
-    job.log(f"epoch {state.epoch + 1}: train loss {loss:.4f} ({state.epoch_samples / max(seconds, 1e-9):,.0f} samples/s), "
-            f"valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
+                          "train_step_seconds": step_seconds, **{f"valid_{k}": v for k, v in valid.items()}})
+    job.log(f"epoch {state.epoch + 1}: train loss {loss:.4f} ({state.epoch_samples / max(seconds, 1e-9):,.0f} samples/s, "
+            f"steps alone {state.epoch_samples / max(step_seconds, 1e-9):,.0f}), valid auc {valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}")
     if valid["auc"] > state.best_auc:
         state.best_auc, state.best_epoch, state.stale = valid["auc"], state.epoch + 1, 0
         weights = job.parallel.plain_state_dict(job.model)  # every rank takes part (sharded tables are gathered)
@@ -215,10 +229,12 @@ def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
             job.log(f"early stop: valid auc has not improved for {state.stale} epoch(s)")
             state.done = True
     state.train_seconds += seconds
+    state.train_step_seconds += step_seconds
     state.train_samples += state.epoch_samples
     state.epoch += 1
     state.done = state.done or state.epoch == job.config.train.epochs
     state.step, state.epoch_loss_sum, state.epoch_samples, state.epoch_seconds = 0, 0.0, 0, 0.0
+    state.epoch_step_seconds = 0.0
     job.save_state(state)
 
 
@@ -266,7 +282,7 @@ def _fit(config: Config, out: Path, world: World, progress: bool, log, data: Pre
         log(f"resuming {out}: epoch {state.epoch + 1}, step {state.step}" if not state.done
             else f"resuming {out}: training had ended, evaluating the best epoch")
     job = _Job(config, out, world, data, model, parallel.replica(model), optimizer,
-               BatchBuilder(data, config.model.long_len, config.model.short_len), log, progress, parallel)
+               BatchBuilder(data, config.model.long_len, config.model.short_len, model.inputs), log, progress, parallel)
     while not state.done:
         _train_epoch(job, state)
         _end_epoch(job, state, vocab)
@@ -292,7 +308,9 @@ def _finish(job: _Job, state: Progress) -> dict:
         "test": test,
         "train_seconds": state.train_seconds,
         "train_seconds_per_epoch": state.train_seconds / len(state.history),
+        # the loop (batch building and the waits for it included) and the steps alone
         "train_samples_per_second": state.train_samples / max(state.train_seconds, 1e-9),
+        "train_step_samples_per_second": state.train_samples / max(state.train_step_seconds, 1e-9),
         "parameters": sum(p.numel() for p in job.model.parameters()),
         "threads": torch.get_num_threads(),
         "processes": world.size,
