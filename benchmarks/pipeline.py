@@ -265,7 +265,8 @@ def machine_info() -> dict:
 def write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
+    # paths relative to the checkout, so the committed JSON names no machine's folders
+    tmp.write_text(json.dumps(record, indent=2).replace(f"{ROOT}/", ""))
     tmp.replace(path)
 
 

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from etarec.config import Config, TrainConfig
 from etarec.data.batch import rank_share
 from etarec.errors import EtarecError
-from etarec.train.optim import OptimizerGroup, clip_gradients, make_optimizer
+from etarec.train.optim import OptimizerGroup, clip_gradients, make_optimizer, scale_gradients
 from etarec.train import state as saved_state
 
 
@@ -292,16 +292,7 @@ class ShardedTables(DataParallel):
 
         dense, rows = dense_parameters(model), [shard.rows for shard in self.shards]
         total = (squares(dense) + self.world.sum(squares(rows))).sqrt()
-        scale = max_norm / (total + 1e-6)
-        if scale < 1:
-            for p in [*dense, *rows]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    p.grad = p.grad.coalesce()
-                    p.grad.values().mul_(scale)
-                else:
-                    p.grad.mul_(scale)
+        scale_gradients([*dense, *rows], total, max_norm)
 
     def plain_state_dict(self, model: nn.Module) -> dict | None:
         from etarec.scale.tables import plain_state_dict

@@ -57,6 +57,13 @@ def clip_gradients(parameters, max_norm: float) -> float:
     if not squares:
         return 0.0
     total = torch.stack(squares).sum().sqrt()
+    scale_gradients(parameters, total, max_norm)
+    return float(total)
+
+
+@torch.no_grad()
+def scale_gradients(parameters, total: torch.Tensor, max_norm: float) -> None:
+    """Scale the gradients of `parameters` (dense or sparse) by max_norm / total where that is below 1."""
     scale = max_norm / (total + 1e-6)
     if scale < 1:
         for p in parameters:
@@ -67,4 +74,3 @@ def clip_gradients(parameters, max_norm: float) -> float:
                 p.grad.values().mul_(scale)
             else:
                 p.grad.mul_(scale)
-    return float(total)
