@@ -11,7 +11,11 @@ process's resident memory (RSS) grown from before the tables to after the step, 
 its shards, their gradients and moments.
 
 data: the prepared dataset as each process keeps it (load_prepared(share=(rank, N)) on N > 1,
-the whole dataset on 1): RSS grown by the load, and the bytes of its arrays.
+the whole dataset on 1): RSS grown by the load, and the bytes of its arrays. The load is done
+twice: in a fresh process (what a process pays, the Parquet reader's one-time ~25-30 MB of
+libraries and allocator pools included, whatever the share) and again after the first load was
+dropped (the data part alone). Also the peak RSS during the first load: what the process keeps
+when freed memory is kept for the steps (etarec/allocator.py, as `etarec train` does).
 
 Each process prints one JSON line; results go to benchmarks/results/scale/memory_<part>.json.
 """
@@ -73,29 +77,41 @@ def embeddings_worker(items: int, dim: int) -> dict:
     moments = sum(t.numel() * t.element_size() for p in rows for t in optimizer.state[p].values()
                   if torch.is_tensor(t) and t.dim() > 0)
     dist.barrier()
-    return {"rank": rank, "processes": size, "items": items, "dim": dim, "rss_grown_bytes": after - before,
+    return {"rank": rank, "processes": size, "items": items, "dim": dim, "rss_grown_bytes": cold, "peak_rss_grown_bytes": peak, "rss_grown_again_bytes": warm,
             "table_rows_held": sum(p.shape[0] for p in rows), "weights_bytes": held, "gradient_bytes": grads,
             "adam_moments_bytes": moments, "tensor_bytes": held + grads + moments}
 
 
 def data_worker(prepared: str) -> dict:
+    import ctypes
+    import gc
+    import resource
+
     import numpy as np
     import pyarrow as pa
 
     from etarec.data.prepared import load_prepared
 
     rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    share = (rank, size) if size > 1 else None
     before = rss_bytes()
-    data = load_prepared(prepared, share=(rank, size) if size > 1 else None)
-    pa.default_memory_pool().release_unused()  # on 1 process too (load_prepared does it for a share)
-    after = rss_bytes()
+    data = load_prepared(prepared, share=share)
+    cold = rss_bytes() - before
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: KiB
+    del data
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the first load freed leaves the process
+    before = rss_bytes()
+    data = load_prepared(prepared, share=share)
+    warm = rss_bytes() - before
     arrays = [*(getattr(data.sequences, name) for name in ("offsets", "item", "category", "timestamp", "action")),
               data.profiles, data.item_category]
     arrays += [getattr(split, name) for split in data.splits.values() for name in split.__dataclass_fields__]
     if data.shares:
         arrays += [share.ids for share in data.shares.values()]
     return {"rank": rank, "processes": size, "events_held": int(len(data.sequences.item)),
-            "events_total": int(data.meta["num_events"]), "rss_grown_bytes": after - before,
+            "events_total": int(data.meta["num_events"]), "rss_grown_bytes": cold, "peak_rss_grown_bytes": peak, "rss_grown_again_bytes": warm,
             "array_bytes": int(sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)))}
 
 
@@ -124,7 +140,7 @@ def main() -> None:
     runs = {processes: launch(args.part, processes, extra) for processes in (1, 2)}
     key = "tensor_bytes" if args.part == "embeddings" else "array_bytes"
     summary = {}
-    for measure in (key, "rss_grown_bytes"):
+    for measure in (key, "rss_grown_bytes", *(["rss_grown_again_bytes", "peak_rss_grown_bytes"] if args.part == "data" else [])):
         one = runs[1][0][measure]
         two = max(r[measure] for r in runs[2])
         summary[measure] = {"one_process": one, "two_processes_largest": two, "ratio": two / one}

@@ -70,7 +70,7 @@ def trained(monkeypatch):
 def test_summary_equals_the_runs_metrics_and_a_rerun_redoes_nothing(suite, tmp_path, trained):
     out = tmp_path / "results"
     written = run_suite(suite, out, seeds=2, **QUIET)
-    assert [p.name for p in written] == ["summary.json", "summary.md", "auc_vs_cost.png"]
+    assert [p.name for p in written] == ["summary.json", "summary.md", "by_length.png", "auc_vs_cost.png"]
     assert len(trained) == 4
     summary = json.loads((out / "summary.json").read_text())
     assert [row["name"] for row in summary["models"]] == ["eta", "din"]

@@ -459,3 +459,27 @@ def test_prepare_replaces_an_existing_dataset_atomically(tmp_path):
         prepare_events(small, tmp_path / "raw_c", out)
     assert (out / "samples" / "notes.txt").read_text() == "mine"
     assert (out / "meta.json").read_text() == before
+
+
+@pytest.mark.parametrize("users_per_group", [None, 1, 7])  # None: one row group, as older etarec wrote
+def test_sequences_load_the_same_whatever_the_row_groups_and_share(tmp_path, users_per_group):
+    """load_prepared reads users.parquet a row group at a time: whole or by share, its sequences
+    equal a plain read of the whole table (per-user lists, int64), for any row-group layout."""
+    out = prepare(DataConfig(dataset="ml-latest-small", path=str(BUNDLED_SMALL)), tmp_path / "small",
+                  log=lambda *_: None)
+    users_file = out / "users.parquet"
+    table = pq.read_table(users_file)
+    pq.write_table(table, users_file, row_group_size=users_per_group)
+    assert pq.ParquetFile(users_file).metadata.num_row_groups == (1 if users_per_group is None else
+                                                                  -(-table.num_rows // users_per_group))
+    reference = {name: table[name].to_pylist() for name in ("item", "category", "timestamp", "action")}
+    for share in (None, (0, 3), (2, 3)):
+        data = load_prepared(out, share=share)
+        seq = data.sequences
+        assert seq.item.dtype == np.int32 and seq.timestamp.dtype == np.int64
+        for user in range(table.num_rows):
+            kept = share is None or user % share[1] == share[0]
+            start, end = seq.offsets[user], seq.offsets[user + 1]
+            for name in reference:
+                expected = reference[name][user] if kept else []
+                assert getattr(seq, name)[start:end].tolist() == expected, (name, user, share)

@@ -145,7 +145,7 @@ def test_compare_tables_give_buckets_and_gains_over_din_seed_by_seed(tmp_path, m
     monkeypatch.setattr(etarec.compare.driver, "ensure_prepared", lambda *_, **__: types.SimpleNamespace(meta={"dataset": "x"}))
     lines = []
     written = run_suite(tmp_path / "suite.yaml", out, seeds=2, summary_only=True, progress=False, log=lines.append)
-    assert [p.name for p in written] == ["summary.json", "summary.md", "auc_vs_cost.png"]
+    assert [p.name for p in written] == ["summary.json", "summary.md", "by_length.png", "auc_vs_cost.png"]
     rows = {row["name"]: row for row in json.loads((out / "summary.json").read_text())["models"]}
     eta = rows["eta"]["test_by_length"]["buckets"]
     assert [cell["samples"] for cell in eta] == [10, 20, 30]
@@ -163,8 +163,9 @@ def test_compare_tables_give_buckets_and_gains_over_din_seed_by_seed(tmp_path, m
 
     # other edges than the recorded ones and no weights: the runs drop out of the by-length tables, one line each
     lines.clear()
-    run_suite(tmp_path / "suite.yaml", out, seeds=2, summary_only=True, progress=False, log=lines.append,
-              length_buckets="100")
+    written = run_suite(tmp_path / "suite.yaml", out, seeds=2, summary_only=True, progress=False, log=lines.append,
+                        length_buckets="100")
+    assert "by_length.png" not in [p.name for p in written]
     assert "Test metrics by real history length" not in (out / "summary.md").read_text()
     assert sum("no metrics by history length" in line for line in lines) == 4
     assert any(line.startswith("skipped by_length.png") for line in lines) is False  # no rows: no plot, no line

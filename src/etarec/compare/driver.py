@@ -29,7 +29,8 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
     (a suite too long for one sitting can be reported on while it advances).
     length_buckets: edges of the by-length tables ("50,200,1000"), instead of the suite's
     `length_buckets` (default 50, 200, 1000). The main table's by_length.png (each model's AUC
-    gain over DIN per bucket) is announced through `log`, not returned."""
+    gain over DIN per bucket) is among the files returned when it could be drawn; when not, `log`
+    says why."""
     if seeds < 1:
         raise EtarecError(f"--seeds {seeds}: need at least one seed")
     suite = load_suite(suite_path, overrides)
@@ -68,27 +69,30 @@ def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: l
                  *length_tables(rows, with_value=sweep is not None)]
         write_text_atomically(out / f"{stem}.json", json.dumps(document, indent=2))
         write_text_atomically(out / f"{stem}.md", "\n".join(lines) + "\n")
-        if sweep is None and has_lengths:
-            _plot_gains(rows, out / "by_length.png", f"{heading}: test AUC gain over din by history length", log)
+        written += [out / f"{stem}.json", out / f"{stem}.md"]
+        if sweep is None and has_lengths and _plot_gains(rows, out / "by_length.png",
+                                                         f"{heading}: test AUC gain over din by history length", log):
+            written.append(out / "by_length.png")
         if sweep is None:
             png = out / "auc_vs_cost.png"
             plot_auc_vs_cost(rows, png, title)
         else:
             png = out / f"{stem}.png"
             plot_sweep(rows, sweep, png, title)
-        written += [out / f"{stem}.json", out / f"{stem}.md", png]
+        written.append(png)
     return written
 
 
-def _plot_gains(rows: list[dict], png: Path, title: str, log) -> None:
-    """by_length.png, or one line saying why it is skipped (no DIN entry, no matplotlib)."""
+def _plot_gains(rows: list[dict], png: Path, title: str, log) -> bool:
+    """Draw by_length.png (True), or say in one line why it is skipped (no DIN entry, no matplotlib)."""
     buckets, series = gains_for_plot(rows)
     if not series:
         log(f"skipped {png.name}: no din entry with metrics by history length to take the gains over")
-        return
+        return False
     try:
         plot_gain_by_length(buckets, series, png, title)
     except EtarecError as error:
         log(f"skipped {png.name}: {error}")
-        return
+        return False
     log(f"wrote {png}")
+    return True

@@ -71,20 +71,47 @@ class PreparedData:
         return self.shares[split].total if self.shares else len(self.splits[split])
 
 
-def _flat(file: Path, name: str, ids: bool, owned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets [U + 1], values [E]) of one list column, read alone, so that only one column's
-    Arrow buffers are alive beside the arrays kept. ids: int32 where every value fits. owned [U]:
-    keep only these users' values (the others' ranges become empty)."""
-    array = pq.read_table(file, columns=[name])[name].combine_chunks()
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy()[offsets[0] : offsets[-1]]
-    offsets = offsets - offsets[0]
+def _read(file: Path, columns: list[str]) -> pa.Table:
+    """These columns of a Parquet file. Not pq.read_table: its dataset layer costs ~50 MB of
+    resident memory per process on first use (the libraries it loads), more than a share of data."""
+    return pq.ParquetFile(file).read(columns=columns)
+
+
+def _batches(file: Path, name: str):
+    """(first user, lengths [rows] int64, values [events]) of one list column, a row group at a time
+    (read_row_group holds one group; iter_batches buffers several)."""
+    first, reader = 0, pq.ParquetFile(file)
+    for group in range(reader.num_row_groups):
+        array = reader.read_row_group(group, columns=[name], use_threads=False)[name].combine_chunks()
+        offsets = array.offsets.to_numpy()
+        yield first, np.diff(offsets).astype(np.int64), array.values.to_numpy()[offsets[0] : offsets[-1]]
+        first += len(array)
+
+
+def _offsets(file: Path, owned: np.ndarray | None) -> np.ndarray:
+    """[U + 1] offsets of the kept users' sequences (the others' ranges empty)."""
+    lengths = [length for _, length, _ in _batches(file, "item")]
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     if owned is not None:
-        lengths = np.diff(offsets)
-        values = values[np.repeat(owned, lengths)]
-        offsets = np.concatenate([[0], np.cumsum(np.where(owned, lengths, 0))])
-    fits = ids and (len(values) == 0 or int(values.max()) <= np.iinfo(np.int32).max)
-    return offsets, values.astype(np.int32 if fits else np.int64)
+        lengths = np.where(owned, lengths, 0)
+    return np.concatenate([[0], np.cumsum(lengths)])
+
+
+def _flat(file: Path, name: str, offsets: np.ndarray, ids: bool, owned: np.ndarray | None) -> np.ndarray:
+    """[E] values of one list column, written batch by batch into their final array, so that a load
+    holds only one batch's Arrow buffers beside the arrays kept (a whole column of the long
+    benchmarks is ~20 row groups, and by share most of it is dropped). ids: int32 where every value
+    fits. owned [U]: keep only these users' values."""
+    wide = pq.ParquetFile(file).schema_arrow.field(name).type.value_type.bit_width > 32
+    values = np.empty(offsets[-1], dtype=np.int64 if wide else np.int32)  # [E]
+    for first, length, batch in _batches(file, name):
+        if owned is not None:
+            batch = batch[np.repeat(owned[first : first + len(length)], length)]
+        values[offsets[first] : offsets[first] + len(batch)] = batch
+    pa.default_memory_pool().release_unused()
+    if ids and wide and (len(values) == 0 or int(values.max()) <= np.iinfo(np.int32).max):
+        values = values.astype(np.int32)
+    return values
 
 
 def load_prepared(folder: str | Path, share: tuple[int, int] | None = None) -> PreparedData:
@@ -101,25 +128,23 @@ def load_prepared(folder: str | Path, share: tuple[int, int] | None = None) -> P
         raise EtarecError(f"{folder} was prepared by another etarec version; run `etarec prepare` again")
     try:
         users_file = folder / "users.parquet"
-        users = pq.read_table(users_file, columns=[name for name in pq.read_schema(users_file).names
-                                                   if name.startswith("profile_")])
+        users = _read(users_file, [name for name in pq.read_schema(users_file).names if name.startswith("profile_")])
         owned = None if share is None else np.arange(users.num_rows) % share[1] == share[0]  # [U]
-        offsets, item = _flat(users_file, "item", ids=True, owned=owned)
+        offsets = _offsets(users_file, owned)
         sequences = Sequences(
             offsets=offsets,
-            item=item,
-            category=_flat(users_file, "category", ids=True, owned=owned)[1],
-            timestamp=_flat(users_file, "timestamp", ids=False, owned=owned)[1],
-            action=_flat(users_file, "action", ids=True, owned=owned)[1],
+            item=_flat(users_file, "item", offsets, ids=True, owned=owned),
+            category=_flat(users_file, "category", offsets, ids=True, owned=owned),
+            timestamp=_flat(users_file, "timestamp", offsets, ids=False, owned=owned),
+            action=_flat(users_file, "action", offsets, ids=True, owned=owned),
         )
-        items = pq.read_table(folder / "items.parquet", columns=["category"])
+        items = _read(folder / "items.parquet", ["category"])
         splits, shares = {}, {}
         for split in SPLITS:
             splits[split], shares[split] = _samples(folder / "samples" / f"{split}.parquet", owned)
     except (OSError, pa.ArrowInvalid, KeyError) as error:
         raise EtarecError(f"prepared data in {folder} is incomplete or corrupt ({error}); run `etarec prepare` again") from None
-    if share is not None:  # the whole columns read for the share go back to the system, not to Arrow's pool
-        pa.default_memory_pool().release_unused()
+    pa.default_memory_pool().release_unused()  # what was read goes back to the system, not to Arrow's pool
     profile_names = [name.removeprefix("profile_") for name in users.column_names if name.startswith("profile_")]
     profiles = np.stack(
         [users[f"profile_{name}"].to_numpy().astype(np.int64) for name in profile_names], axis=1
@@ -136,17 +161,21 @@ def load_prepared(folder: str | Path, share: tuple[int, int] | None = None) -> P
 
 
 def _samples(file: Path, owned: np.ndarray | None) -> tuple[Samples, SplitShare]:
-    """One split (only the owned users' samples when owned [U] is given) and which samples those are."""
-    user = pq.read_table(file, columns=["user"])["user"].to_numpy().astype(np.int64)
+    """One split (only the owned users' samples when owned [U] is given) and which samples those are.
+    Columns are read one at a time and cut to the share before the next is read."""
+    user = _read(file, ["user"])["user"].to_numpy().astype(np.int64)
     ids = np.arange(len(user)) if owned is None else np.flatnonzero(owned[user])
-    table = pq.read_table(file, columns=["position", "item", "category", "timestamp", "label"])
-    column = lambda name: table[name].to_numpy()[ids] if owned is not None else table[name].to_numpy()  # noqa: E731
+
+    def column(name: str, dtype) -> np.ndarray:
+        values = _read(file, [name])[name].to_numpy()
+        return (values if owned is None else values[ids]).astype(dtype)
+
     samples = Samples(
-        user=user[ids] if owned is not None else user,
-        position=column("position").astype(np.int64),
-        item=column("item").astype(np.int64),
-        category=column("category").astype(np.int64),
-        timestamp=column("timestamp").astype(np.int64),
-        label=column("label").astype(np.float32),
+        user=user if owned is None else user[ids],
+        position=column("position", np.int64),
+        item=column("item", np.int64),
+        category=column("category", np.int64),
+        timestamp=column("timestamp", np.int64),
+        label=column("label", np.float32),
     )
     return samples, SplitShare(ids, len(user))

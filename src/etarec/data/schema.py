@@ -27,6 +27,9 @@ UNKNOWN = 1
 FIRST_ITEM_ID = 2
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
+# users.parquet rows (users) per row group: a reader holds one row group of a column at a time, so a
+# load's transient is a slice of a column, not all of it (older files with one row group still load)
+USERS_PER_ROW_GROUP = 512
 FORMAT = "etarec-prepared"  # meta.json's "format": how a folder is recognised as a prepared dataset
 # Tie rules (see encode.py): what events of a user with the same timestamp mean
 SIMULTANEOUS = "simultaneous"  # file order kept; not each other's history; one split

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etarec.data.files import folder_problem
-from etarec.data.schema import FORMAT, FORMAT_VERSION, SPLITS
+from etarec.data.schema import FORMAT, FORMAT_VERSION, SPLITS, USERS_PER_ROW_GROUP
 from etarec.errors import EtarecError
 
 DATASET_FILES = {"meta.json", "users.parquet", "items.parquet", "samples"}
@@ -262,7 +262,7 @@ def write_meta(folder: Path, meta: dict) -> None:
 def write_dataset(out: Path, users: pa.Table, items: pa.Table, samples: dict[str, pd.DataFrame], meta: dict) -> None:
     """Write a whole dataset held in memory to `out` (see building)."""
     with building(out) as folder:
-        pq.write_table(users, folder / "users.parquet")
+        pq.write_table(users, folder / "users.parquet", row_group_size=USERS_PER_ROW_GROUP)
         pq.write_table(items, folder / "items.parquet")
         write_samples(folder, samples)
         write_meta(folder, meta)
