@@ -91,6 +91,9 @@ class ModelConfig(_Section):
     attention: Literal["multihead", "din"] = "multihead"
     din_attention_units: list[int] = Field(default_factory=lambda: [64])
     use_time: bool = False  # "+time": bucketised time-gap embedding on behaviours
+    # with use_time: false keeps the time gap out of multihead attention's keys (it stays in the
+    # values), so which behaviours a candidate attends to is decided by what they are, not by when
+    time_in_keys: bool = True
     use_action: bool = False  # embed each behaviour's action (rating, click type)
     use_user_id: bool = True  # user id embedding
     use_profile: bool = True  # user profile features (gender, age, ...) where the data has them
@@ -111,11 +114,13 @@ class ModelConfig(_Section):
     sharding: Literal["row_wise", "table_wise", "planner"] = "row_wise"
 
     @model_serializer(mode="wrap")
-    def _without_default_engine(self, handler):
-        """`embeddings` and `sharding` are left out of dumps at their defaults, so configs and the
-        digests of recorded runs read as before they existed."""
+    def _without_defaults_added_later(self, handler):
+        """`embeddings`, `sharding` and `time_in_keys` are left out of dumps at their defaults, so
+        configs and the digests of recorded runs read as before they existed."""
         dumped = handler(self)
         if isinstance(dumped, dict):
+            if self.time_in_keys:
+                dumped.pop("time_in_keys", None)
             if self.embeddings == "dense":
                 dumped.pop("embeddings", None)
             if self.sharding == "row_wise":
@@ -142,6 +147,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"sdim_hashes={self.sdim_hashes} is not divisible by sdim_tau={self.sdim_tau}: SDIM groups "
                 "its hash functions into signatures of sdim_tau bits each"
+            )
+        if not self.time_in_keys and self.attention == "din":
+            raise ValueError(
+                "time_in_keys=false needs attention=multihead: DIN's activation unit pools its keys, "
+                "so a gap kept out of the keys would leave the model altogether"
             )
         return self
 

@@ -30,18 +30,29 @@ class TargetAttention(nn.Module):
 
 
 class MultiHeadTargetAttention(TargetAttention):
-    """The ETA paper's softmax(Q K^T / sqrt(d_k)) V with H heads."""
+    """The ETA paper's softmax(Q K^T / sqrt(d_k)) V with H heads.
 
-    def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int):
+    key_width: the keys read only the first key_width columns of a behaviour (the values read all
+    of them); None: all. The key half of the one key/value weight is masked, so the parameters and
+    the checkpoint are the same either way."""
+
+    def __init__(self, query_dim: int, key_dim: int, attention_dim: int, heads: int, key_width: int | None = None):
         super().__init__()
         self.heads = heads
         self.query = nn.Linear(query_dim, attention_dim, bias=False)
         self.key_value = nn.Linear(key_dim, 2 * attention_dim, bias=False)  # one GEMM for both
         self.output = nn.Linear(attention_dim, attention_dim)
+        mask = None
+        if key_width is not None and key_width < key_dim:
+            mask = torch.ones(2 * attention_dim, key_dim)  # [2A, Dk]: rows [:A] make the keys
+            mask[:attention_dim, key_width:] = 0
+        self.register_buffer("key_mask", mask, persistent=False)  # None: no buffer
 
     def project(self, behaviours: torch.Tensor) -> torch.Tensor:
         """[..., L, Dk] -> [..., L, 2A] keys and values side by side"""
-        return self.key_value(behaviours)
+        if self.key_mask is None:
+            return self.key_value(behaviours)
+        return nn.functional.linear(behaviours, self.key_value.weight * self.key_mask)
 
     def attend(self, query: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         keys, values = projected.chunk(2, dim=-1)  # [N, L, A] each
@@ -131,7 +142,9 @@ class DinAttention(TargetAttention):
 
 
 def target_attention(config: ModelConfig, query_dim: int, key_dim: int) -> TargetAttention:
-    """The configured attention (model.attention: multihead | din) from item to behaviour space."""
+    """The configured attention (model.attention: multihead | din) from item to behaviour space.
+    model.time_in_keys false: the keys skip the time gap, a behaviour's last part (nn/embeddings)."""
     if config.attention == "multihead":
-        return MultiHeadTargetAttention(query_dim, key_dim, config.attention_dim, config.heads)
+        key_width = key_dim - config.embedding_dim if config.use_time and not config.time_in_keys else None
+        return MultiHeadTargetAttention(query_dim, key_dim, config.attention_dim, config.heads, key_width)
     return DinAttention(query_dim, key_dim, config.attention_dim, config.din_attention_units, config.activation)
