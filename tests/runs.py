@@ -2,6 +2,7 @@
 torchrun processes, reading a run's saved state. Not a test module."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -86,3 +87,29 @@ def children(pid: int) -> list[int]:
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "state.pt", weights_only=True)["model"]
+
+
+def killed_and_resumed_two_process_run(config: Path, reference: Path, killed: Path) -> None:
+    """Train `config` on 2 processes into `reference` uninterrupted, and into `killed` with one
+    worker SIGKILLed mid-epoch (torchrun then stops the other and fails) and `--resume`d."""
+    run(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(reference), "--no-progress"))
+    launcher = subprocess.Popen(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(killed),
+                                         "--no-progress"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    at_kill = kill_when(launcher, killed, lambda p: 0 < p["step"], victim=lambda: children(launcher.pid)[0])
+    assert not at_kill["done"] and launcher.returncode != 0
+    assert not (killed / "metrics.json").exists()
+    resumed = run(torchrun("-m", "etarec", "train", "--resume", str(killed), "--no-progress"))
+    assert "resuming" in resumed.stdout
+
+
+def assert_same_metrics(got_run: Path, expected_run: Path) -> None:
+    """The two runs' metrics.json agree exactly: epochs, best epoch, every epoch's train loss,
+    valid and test metrics."""
+    got = json.loads((got_run / "metrics.json").read_text())
+    expected = json.loads((expected_run / "metrics.json").read_text())
+    assert (got["epochs"], got["best_epoch"]) == (expected["epochs"], expected["best_epoch"])
+    assert [e["train_loss"] for e in got["history"]] == [e["train_loss"] for e in expected["history"]]
+    for split in ("valid", "test"):
+        for metric in ("auc", "gauc", "logloss"):
+            assert got[split][metric] == expected[split][metric], (split, metric)

@@ -4,7 +4,6 @@ predictions, only rank 0 writing; and a killed two-process run resumes to the un
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -16,7 +15,8 @@ from etarec.data.batch import epoch_order, rank_share
 from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import load_prepared
 from etarec.train.trainer import train
-from runs import ENV, REPO, children, final_weights, kill_when, run, tiny_raw, torchrun, write_config
+from runs import (REPO, assert_same_metrics, final_weights, killed_and_resumed_two_process_run, run, tiny_raw,
+                  torchrun, write_config)
 
 BATCH = 511  # odd: each global batch splits 255 / 256 between the two ranks
 STEPS = 13
@@ -89,23 +89,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(prepared_dir, t
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(prepared_dir, tmp_path):
     config = write_config(tmp_path / "tiny.yaml", tiny_raw(prepared_dir, max_steps_per_epoch=16, state_every_steps=3))
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(reference), "--no-progress"))
-
-    launcher = subprocess.Popen(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(killed),
-                                         "--no-progress"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    # a worker dies (SIGKILL) mid-epoch; torchrun then stops the other one and fails
-    at_kill = kill_when(launcher, killed, lambda p: 0 < p["step"], victim=lambda: children(launcher.pid)[0])
-    assert not at_kill["done"] and launcher.returncode != 0
-    assert not (killed / "metrics.json").exists()
-
-    resumed = run(torchrun("-m", "etarec", "train", "--resume", str(killed), "--no-progress"))
-    assert "resuming" in resumed.stdout
-    expected = json.loads((reference / "metrics.json").read_text())
-    got = json.loads((killed / "metrics.json").read_text())
-    assert got["best_epoch"] == expected["best_epoch"]
-    for split in ("valid", "test"):
-        for metric in ("auc", "gauc", "logloss"):
-            assert got[split][metric] == expected[split][metric]
+    killed_and_resumed_two_process_run(config, reference, killed)
+    assert_same_metrics(killed, reference)
     for name, weight in final_weights(reference).items():
         assert torch.equal(final_weights(killed)[name], weight), name

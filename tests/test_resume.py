@@ -15,7 +15,7 @@ from etarec.config import build_config
 from etarec.data.prepare import ensure_prepared
 from etarec.errors import EtarecError
 from etarec.train.trainer import train
-from runs import ENV, REPO, etarec, final_weights, kill_when, run, tiny_raw, write_config
+from runs import ENV, REPO, assert_same_metrics, etarec, final_weights, kill_when, run, tiny_raw, write_config
 
 QUIET = {"progress": False, "log": lambda *_: None}
 
@@ -54,13 +54,7 @@ def test_sigkill_twice_then_resume_ends_with_the_uninterrupted_metrics(prepared_
     assert not (killed / "metrics.json").exists()
     run(etarec("train", "--resume", str(killed), "--no-progress"))
 
-    expected = json.loads((reference / "metrics.json").read_text())
-    got = json.loads((killed / "metrics.json").read_text())
-    assert (got["epochs"], got["best_epoch"]) == (expected["epochs"], expected["best_epoch"])
-    assert [e["train_loss"] for e in got["history"]] == [e["train_loss"] for e in expected["history"]]
-    for split in ("valid", "test"):
-        for metric in ("auc", "gauc", "logloss"):
-            assert got[split][metric] == expected[split][metric], (split, metric)
+    assert_same_metrics(killed, reference)
     for name, weight in final_weights(reference).items():
         assert torch.equal(final_weights(killed)[name], weight), name
     assert not list(killed.glob(".*tmp*")), "a killed write's temp file was left behind"

@@ -27,7 +27,8 @@ from etarec.data.prepared import Samples, load_prepared
 from etarec.serve.scorer import Scorer
 from etarec.store.checkpoint import load_checkpoint
 from etarec.train.trainer import predict, train
-from runs import ENV, REPO, children, kill_when, run, tiny_raw, torchrun, write_config
+from runs import (ENV, REPO, assert_same_metrics, killed_and_resumed_two_process_run, run, tiny_raw, torchrun,
+                  write_config)
 from test_every_model_serves import request
 
 needs_torchrec = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None,
@@ -136,25 +137,9 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_result(prepared_dir, 
     raw = sharded(tiny_raw(prepared_dir, max_steps_per_epoch=16, state_every_steps=3))
     config = write_config(tmp_path / "sharded.yaml", raw)
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    run(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(reference), "--no-progress"))
-
-    launcher = subprocess.Popen(torchrun("-m", "etarec", "train", "--config", str(config), "--out", str(killed),
-                                         "--no-progress"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-    # a worker dies (SIGKILL) mid-epoch, perhaps while the shards are being written
-    at_kill = kill_when(launcher, killed, lambda p: 0 < p["step"], victim=lambda: children(launcher.pid)[0])
-    assert not at_kill["done"] and launcher.returncode != 0
-    assert not (killed / "metrics.json").exists()
-
-    resumed = run(torchrun("-m", "etarec", "train", "--resume", str(killed), "--no-progress"))
-    assert "resuming" in resumed.stdout
-    expected = json.loads((reference / "metrics.json").read_text())
-    got = json.loads((killed / "metrics.json").read_text())
-    assert got["best_epoch"] == expected["best_epoch"]
-    assert [e["train_loss"] for e in got["history"]] == [e["train_loss"] for e in expected["history"]]
-    for split in ("valid", "test"):
-        for metric in ("auc", "gauc", "logloss"):
-            assert got[split][metric] == expected[split][metric], (split, metric)
+    # a worker dies mid-epoch, perhaps while the shards are being written
+    killed_and_resumed_two_process_run(config, reference, killed)
+    assert_same_metrics(killed, reference)
     for name, weight in weights(reference).items():
         assert torch.equal(weights(killed)[name], weight), name
     assert len(list(killed.glob("state-shards-*"))) == 1, "old shard folders were left behind"
