@@ -43,7 +43,7 @@ from etarec.data.files import print_warning
 from etarec.data.fingerprint import config_fingerprint, inputs_fingerprint
 from etarec.data.prepare import MOST_TIED
 from etarec.data.protocol import last_behaviour_protocol
-from etarec.data.schema import FIRST_ITEM_ID
+from etarec.data.schema import FIRST_ITEM_ID, USERS_PER_ROW_GROUP
 from etarec.data.taobao import BEHAVIOURS, COLUMNS, WINDOW, taobao_files
 from etarec.data.writer import build_meta, building, items_table, summary_line, users_table, write_meta, write_samples
 from etarec.errors import EtarecError
@@ -286,7 +286,7 @@ def _merge(runs: _Runs, seen: _Summaries, codes: _Codes, users_file: Path, bucke
             user = np.arange(cuts[bucket], cuts[bucket + 1]) + 1  # every user here has rows
             n = np.bincount(rows["user"] - user[0], minlength=len(user))
             raw_ids = pc.cast(pa.array(codes.users[user - 1]), pa.string())
-            writer.write_table(_users_table(int(user[0]), raw_ids, n, rows))
+            writer.write_table(_users_table(int(user[0]), raw_ids, n, rows), row_group_size=USERS_PER_ROW_GROUP)
             ends = np.cumsum(n) - 1
             position = np.arange(len(rows["user"])) - np.repeat(ends - n + 1, n)
             history, _, is_tied = tie_groups(rows["user"], rows["timestamp"], position)
