@@ -89,7 +89,9 @@ def _batches(file: Path, name: str):
 
 
 def _offsets(file: Path, owned: np.ndarray | None) -> np.ndarray:
-    """[U + 1] offsets of the kept users' sequences (the others' ranges empty)."""
+    """[U + 1] offsets of the kept users' sequences (the others' ranges empty). It decodes the item
+    column once more than needed, so that every column can then be written into an array of its
+    final size (one pass that also kept the items measured 0.534x instead of 0.503x by share)."""
     lengths = [length for _, length, _ in _batches(file, "item")]
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     if owned is not None:
@@ -98,8 +100,8 @@ def _offsets(file: Path, owned: np.ndarray | None) -> np.ndarray:
 
 
 def _flat(file: Path, name: str, offsets: np.ndarray, ids: bool, owned: np.ndarray | None) -> np.ndarray:
-    """[E] values of one list column, written batch by batch into their final array, so that a load
-    holds only one batch's Arrow buffers beside the arrays kept (a whole column of the long
+    """[E] values of one list column, written row group by row group into their final array, so
+    that a load holds only one group's Arrow buffers beside the arrays kept (a whole column of the long
     benchmarks is ~20 row groups, and by share most of it is dropped). ids: int32 where every value
     fits. owned [U]: keep only these users' values."""
     wide = pq.ParquetFile(file).schema_arrow.field(name).type.value_type.bit_width > 32
