@@ -109,32 +109,35 @@ def test_every_model_scores_int32_windows_and_only_its_inputs_as_int64_full_batc
 
 
 FAULTS = textwrap.dedent("""
-    import resource, sys, torch
+    import resource, torch
     from etarec.allocator import keep_freed_memory
     applied = keep_freed_memory()
-    for _ in range(3):
-        torch.ones(8 * 2**20)  # warm up: the heap grows once
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
+    faults = []
+    for _ in range(40):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(8 * 2**20)  # 32 MB allocated, touched, freed
-    print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(applied, *faults)
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the setting is for glibc's malloc")
 def test_keeping_freed_memory_stops_the_page_faults_of_repeated_large_tensors():
-    def faults(setting: str) -> tuple[str, int]:
+    """Per allocation, the steady state: the heap takes a few allocations to settle (measured: the
+    first 5-8 of 40 still fault their pages in with the setting), so the median is compared."""
+    def faults(setting: str) -> tuple[str, list[int]]:
         result = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True,
                                 env={**__import__("os").environ, "ETAREC_KEEP_FREED_MEMORY": setting})
-        applied, count = result.stdout.split()
-        return applied, int(count)
+        applied, *counts = result.stdout.split()
+        return applied, sorted(map(int, counts))
 
     default_applied, default_faults = faults("0")
     kept_applied, kept_faults = faults("1")
     assert (default_applied, kept_applied) == ("False", "True")
-    pages = 20 * 32 * 2**20 // 4096
-    assert default_faults > pages / 2, "malloc's default should fault the freed blocks in again"
-    assert kept_faults < default_faults / 3
+    pages = 32 * 2**20 // 4096
+    median = len(default_faults) // 2
+    assert default_faults[median] > pages / 2, "malloc's default should fault each freed block in again"
+    assert kept_faults[median] < pages / 10, f"kept memory still faults in: {kept_faults}"
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
