@@ -102,20 +102,30 @@ def test_two_processes_with_sharded_tables_train_like_one_with_dense_tables(one_
 
 @needs_torchrec
 @pytest.mark.slow
-def test_over_a_whole_epoch_sharded_tables_train_as_dense_ddp_does(prepared_dir, tmp_path):
-    """The whole epoch of the bundled data (313 steps), two processes each: sharded tables with
-    the data by share against replicated tables (DDP) with all data. DIN: ETA's SimHash signs
-    may flip on a last-bit difference between the two runs' sums."""
+def test_over_a_whole_epoch_sharded_tables_train_bit_for_bit_as_dense_ddp_on_the_same_parts(prepared_dir, tmp_path):
+    """The whole epoch of the bundled data (313 steps), two processes each: sharded tables against
+    replicated tables (DDP), both holding the data by share, so each rank's part of every global
+    batch is the same samples. Every weight and metric is equal, not close: the parts' sums are the
+    same sums. (With DDP's default halves of each batch instead, the same global gradient is summed
+    in another order, and Adam's first steps turn a last-bit difference in a near-zero gradient
+    into ~1e-5 in a weight; over the 313 steps, 3.5e-4 in valid logloss: measured.)"""
     raw = tiny_raw(prepared_dir, epochs=1)
     raw["model"]["name"] = "din"
+    raw["train"]["data_by_share"] = True
+    assert "data_by_share" not in dump_config(build_config(tiny_raw(prepared_dir)))  # unset: left out of dumps
     outs = {}
     for name, config in (("ddp", raw), ("sharded", sharded(raw))):
         outs[name] = tmp_path / name
         path = write_config(tmp_path / f"{name}.yaml", config)
         run(torchrun("-m", "etarec", "train", "--config", str(path), "--out", str(outs[name]), "--no-progress"))
     ddp, two = (json.loads((outs[name] / "metrics.json").read_text()) for name in ("ddp", "sharded"))
-    assert two["history"][0]["epoch"] == 1 and ddp["processes"] == 2
-    assert_same_training(ddp, outs["ddp"], two, outs["sharded"], processes=2)
+    assert two["history"][0]["epoch"] == 1 and ddp["processes"] == two["processes"] == 2
+    assert [epoch["train_loss"] for epoch in two["history"]] == [epoch["train_loss"] for epoch in ddp["history"]]
+    for split in ("valid", "test"):
+        assert {m: two[split][m] for m in ("auc", "gauc", "logloss")} == {m: ddp[split][m] for m in ("auc", "gauc", "logloss")}
+    expected, got = weights(outs["ddp"]), weights(outs["sharded"])
+    assert set(got) == set(expected)
+    assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
 
 
 @needs_torchrec

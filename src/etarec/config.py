@@ -173,13 +173,19 @@ class TrainConfig(_Section):
     # training batches built this many steps ahead by a background thread (0: built in the step);
     # which batches come, and their order, do not depend on it
     prefetch: int = Field(1, ge=0)
+    # several processes: each loads only its users' samples and sequences, and its part of a global
+    # batch is the samples of it that it holds; None: on with sharded tables (model.embeddings:
+    # torchrec), off with dense tables (DDP splits each global batch in halves instead)
+    data_by_share: bool | None = None
 
     @model_serializer(mode="wrap")
     def _without_defaults_added_later(self, handler):
-        """`precision` (while float32) and `prefetch` (while 1) are left out of dumps, so configs
-        and the digests of recorded runs read as before they existed."""
+        """`precision` (while float32), `prefetch` (while 1) and `data_by_share` (while None) are
+        left out of dumps, so configs and the digests of recorded runs read as before they existed."""
         dumped = handler(self)
         if isinstance(dumped, dict):
+            if self.data_by_share is None:
+                dumped.pop("data_by_share", None)
             if self.precision == "float32":
                 dumped.pop("precision", None)
             if self.prefetch == 1:

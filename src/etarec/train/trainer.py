@@ -241,9 +241,12 @@ def _end_epoch(job: _Job, state: Progress, vocab: Vocab) -> None:
 def _prepared(config: Config, world: World, log) -> PreparedData:
     """Each rank's prepared data. Rank 0 prepares first, then the first process of every other
     machine (which finds the data when the folder is shared, else prepares its own copy), then
-    the rest load it: no two processes ever write the same folder. With sharded tables on several
-    ranks each loads only its share (prepared.load_prepared)."""
-    share = (world.rank, world.size) if config.model.embeddings == "torchrec" and world.size > 1 else None
+    the rest load it: no two processes ever write the same folder. Held by share (train.data_by_share,
+    by default with sharded tables) each of several ranks loads only its share (prepared.load_prepared)."""
+    by_share = config.train.data_by_share
+    if by_share is None:
+        by_share = config.model.embeddings == "torchrec"
+    share = (world.rank, world.size) if by_share and world.size > 1 else None
     data = None
     for my_turn in (world.main, world.local_rank == 0, True):
         if my_turn and data is None:
