@@ -95,10 +95,10 @@ def test_signatures_do_not_depend_on_autocast(device):
     step as in float32: the projection runs in float32 under autocast."""
     torch.manual_seed(0)
     embeddings = torch.randn(2000, 32, device=device)
-    simhash, buckets = SimHash(32, 64, seed=1).to(device), BucketHash(32, 48, 3, seed=1).to(device)
-    expected = simhash(embeddings), sign_vectors(embeddings, simhash.projection, torch.float32), buckets(embeddings)
+    simhash, buckets = SimHash(32, 64, seed=1, split=16).to(device), BucketHash(32, 48, 3, seed=1).to(device)
+    expected = simhash(embeddings), sign_vectors(simhash.project(embeddings), torch.float32), buckets(embeddings)
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        got = simhash(embeddings), sign_vectors(embeddings, simhash.projection, torch.float32), buckets(embeddings)
+        got = simhash(embeddings), sign_vectors(simhash.project(embeddings), torch.float32), buckets(embeddings)
         plain = embeddings @ simhash.projection > 0  # what a bare product would give under autocast
     for name, a, b in zip(("simhash", "sign_vectors", "buckets"), got, expected):
         assert torch.equal(a, b), name

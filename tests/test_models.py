@@ -6,6 +6,7 @@ from conftest import VOCAB, synthetic_batch
 from etarec.config import Config, build_config
 from etarec.models import MODELS, build_model
 from etarec.nn.attention import DinAttention, MultiHeadTargetAttention
+from etarec.retrieval.simhash import table_codes
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -71,7 +72,15 @@ def test_retrieval_is_recomputed_from_current_embeddings():
     assert not torch.equal(index_before, index_after)
 
 
-def test_unique_item_hashing_equals_per_position_hashing():
+@pytest.mark.parametrize("whole_table", [False, True])
+def test_unique_item_hashing_equals_per_position_hashing(whole_table, monkeypatch):
+    """Both ways code_table hashes a window: the distinct items gathered, or the whole item table
+    from its rows (chosen by the share of the catalog the window holds; forced here)."""
+    from etarec.models import eta
+
+    monkeypatch.setattr(eta, "WHOLE_TABLE", 0.0 if whole_table else 2.0)
+    calls = []
+    monkeypatch.setattr(eta, "table_codes", lambda *tables: calls.append(1) or table_codes(*tables))
     model, _ = make()
     batch = synthetic_batch(batch=6, long_len=16)
     batch.history_items[:, 8:] = batch.history_items[:, :8].clone()  # repeated items
@@ -79,6 +88,7 @@ def test_unique_item_hashing_equals_per_position_hashing():
     per_position = model.long_interest.selector.simhash(
         model.embeddings.items(batch.history_items, batch.history_categories))
     assert torch.equal(history_codes(model, batch), per_position)
+    assert len(calls) == whole_table
 
 
 def reference_attention(module: MultiHeadTargetAttention, query, keys, mask):

@@ -154,3 +154,46 @@ def test_pack_bits_puts_bit_j_of_word_w_at_position_64w_plus_j(bits, fast, monke
         for w, word in enumerate(words):
             expected = sum(1 << j for j in range(64) if 64 * w + j < bits and row[64 * w + j])
             assert word % 2**64 == expected
+
+
+@pytest.mark.skipif(not native.available(), reason="no C compiler for the native kernel")
+@pytest.mark.parametrize("bits", [1, 3, 63, 64, 65, 130])
+def test_the_fused_sign_packing_gives_the_compares_bits_also_for_nan_and_signed_zeros(bits):
+    """native.sign_pack_native (SSE compares, 4 at a time, and a scalar tail) against torch's
+    x > 0 and pack_bits, including the values where a compare could go either way."""
+    g = torch.Generator().manual_seed(bits)
+    values = torch.randn((7, 5, bits), generator=g)
+    special = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-45, -1e-45])
+    values.view(-1)[: 3 * len(special)] = special.repeat(3)
+    assert torch.equal(native.sign_pack_native(values), pack_bits(values > 0))
+    # with a second table added row by row (the whole-table signatures): the float32 sum, then the compare
+    extra = torch.randn((4, bits), generator=g)
+    rows_of = torch.randint(0, 4, (35,), generator=g)
+    flat = values.reshape(35, bits)
+    assert torch.equal(native.sign_pack_sum_native(flat, extra, rows_of), pack_bits(flat + extra[rows_of] > 0))
+    with pytest.raises(IndexError, match="category id outside"):
+        native.sign_pack_sum_native(flat, extra, torch.full((35,), 4))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_whole_table_signatures_equal_hashing_each_items_row_and_the_float64_signs(fast, monkeypatch):
+    """table_codes (every item row and category row projected once, summed per item) gives the bits
+    SimHash(split) gives each gathered [item | category] row, and the float64 signs wherever a
+    projection is not within rounding of zero."""
+    from etarec.retrieval import simhash as module
+
+    if not fast:
+        monkeypatch.setattr(module, "cpu_fast_path", lambda tensor: False)
+    g = torch.Generator().manual_seed(5)
+    d, bits, num_items, num_categories = 12, 70, 300, 9
+    simhash = SimHash(2 * d, bits, seed=2, split=d)
+    item_rows, category_rows = torch.randn((num_items, d), generator=g), torch.randn((num_categories, d), generator=g)
+    category_of = torch.randint(1, num_categories, (num_items,), generator=g)
+    codes = module.table_codes(item_rows @ simhash.projection[:d], category_rows @ simhash.projection[d:], category_of)
+    vectors = torch.cat([item_rows, category_rows[category_of]], dim=1)  # [V, 2d] the rows the gathered path hashes
+    assert torch.equal(codes, simhash(vectors))
+    exact = vectors.double() @ simhash.projection.double()  # [V, m]
+    clear = exact.abs() > 1e-4
+    bits_of = lambda packed: torch.stack([(packed[:, j // 64] >> (j % 64)) & 1 for j in range(bits)], dim=1).bool()
+    assert torch.equal(bits_of(codes)[clear], (exact > 0)[clear])
+    assert clear.float().mean() > 0.99

@@ -19,9 +19,14 @@ import torch
 from etarec.config import ModelConfig
 from etarec.data.batch import UserHistory
 from etarec.models.base import Candidates, InterestModel, ItemCache, RetrievedAttention, Selector
-from etarec.nn.embeddings import Embeddings, Vocab, distinct_items
+from etarec.nn.embeddings import Embeddings, Vocab, category_of_items, distinct_items
 from etarec.retrieval import sign_product
-from etarec.retrieval.simhash import SimHash, table_hamming_top_k
+from etarec.retrieval.simhash import SimHash, table_codes, table_hamming_top_k
+
+
+# measured on the peer's workload (1e5 items, d = 32, 64 bits, 2 cores): hashing the whole table
+# from its rows costs ~0.3 of gathering and hashing as many distinct items; see code_table
+WHOLE_TABLE = 0.3
 
 
 class SignatureCache(ItemCache):
@@ -56,8 +61,9 @@ class SimHashNearest(Selector):
 
     def __init__(self, item_dim: int, config: ModelConfig):
         super().__init__(config.top_k)
-        # the projection draws from its own seeded generator, so it leaves the weights' draws alone
-        self.simhash = SimHash(item_dim, config.hash_bits, seed=config.hash_seed)
+        # the projection draws from its own seeded generator, so it leaves the weights' draws alone;
+        # an item is [item embedding | category embedding], projected part by part (see code_table)
+        self.simhash = SimHash(item_dim, config.hash_bits, seed=config.hash_seed, split=config.embedding_dim)
         # the sort keys of the shared layout are exact in this float type up to the longest window
         self.key_dtype = sign_product.key_dtype(config.hash_bits, config.long_len + max(config.top_k, config.short_len, 1))
 
@@ -70,7 +76,7 @@ class SimHashNearest(Selector):
             return _SignatureSide(self.code_table(embeddings, history, cache))
         if cache is None:  # a graph (ONNX): the request's items are hashed inside it
             vectors = embeddings.items(history.items, history.categories)  # [N, L, Dq]
-            signs = sign_product.sign_vectors(vectors, self.simhash.projection, self.key_dtype)
+            signs = sign_product.sign_vectors(self.simhash.project(vectors), self.key_dtype)
         else:  # serving: the cached signatures, as bfloat16 signs where that is exact and fast
             signs = self._cached_signs(embeddings, history.items, history.categories, cache,
                                        sign_product.product_dtype(self.simhash.bits, self.key_dtype))
@@ -82,7 +88,7 @@ class SimHashNearest(Selector):
         n, c = candidates.items.shape
         if side.table is None:  # shared history: all C candidates in one sign product
             if side.cache is None:
-                signs = sign_product.sign_vectors(candidates.vectors, self.simhash.projection, side.signs.dtype)
+                signs = sign_product.sign_vectors(self.simhash.project(candidates.vectors), side.signs.dtype)
             else:
                 signs = self._cached_signs(embeddings, candidates.items, candidates.categories, side.cache,
                                            side.signs.dtype)
@@ -96,13 +102,33 @@ class SimHashNearest(Selector):
 
     def code_table(self, embeddings, history: UserHistory, cache: SignatureCache | None) -> torch.Tensor:
         """[V, W] packed signatures, current for every item of the window. Each distinct item is
-        hashed once per call, or once per cache."""
+        hashed once per call, or once per cache; where the window holds a large part of the
+        catalog, the whole item table is hashed from its rows (no gathering, see WHOLE_TABLE)."""
         if cache is not None:
             self._hash_missing(embeddings, history.items, history.categories, cache)
             return cache.codes
+        items, categories = history.items.flatten(), history.categories.flatten()  # [N*L]
+        category_of = category_of_items(items, categories, embeddings.num_items)  # [V]
+        if self._whole_table_pays(category_of, items.numel()):
+            d = self.simhash.split
+            tables = embeddings.project_tables(self.simhash.projection[:d], self.simhash.projection[d:])
+            if tables is not None:
+                return table_codes(*tables, category_of)
         fresh = SignatureCache(self.simhash, embeddings)
-        fresh.fill(*distinct_items(history.items.flatten(), history.categories.flatten(), embeddings.num_items))
+        ids = torch.nonzero(category_of).squeeze(1) if items.device.type == "cpu" else torch.nonzero_static(
+            category_of, size=min(embeddings.num_items, items.numel()), fill_value=0).squeeze(1)  # as distinct_items
+        fresh.fill(ids, category_of[ids])
         return fresh.codes
+
+    @staticmethod
+    def _whole_table_pays(category_of: torch.Tensor, positions: int) -> bool:
+        """Hashing all V rows straight from the tables costs about WHOLE_TABLE as much per row as
+        gathering and hashing one distinct item. On the CPU the count of distinct items decides;
+        on a device (where reading it would wait) the bound min(V, positions) that the gathered
+        path is padded to."""
+        rows = len(category_of)
+        distinct = int(torch.count_nonzero(category_of)) if category_of.device.type == "cpu" else min(rows, positions)
+        return distinct >= WHOLE_TABLE * rows
 
     def _cached_signs(self, embeddings, items, categories, cache: SignatureCache, dtype: torch.dtype) -> torch.Tensor:
         """[...] items -> [..., m] +-1 signs of their cached signatures"""

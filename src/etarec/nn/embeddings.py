@@ -23,6 +23,7 @@ from torch import nn
 from etarec.config import ModelConfig
 from etarec.retrieval import native  # the CPU scatter of distinct_items is part of the compiled kernel
 from etarec.retrieval.fast_path import cpu_fast_path
+from etarec.retrieval.simhash import projected
 
 TIME_BUCKETS = 33  # 0 = padding, 1 + floor(log2(1 + minutes)) capped at 32 (~8,000 years)
 
@@ -55,23 +56,27 @@ def time_bucket(gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, bucket, 0)
 
 
+def category_of_items(items: torch.Tensor, categories: torch.Tensor, num_items: int) -> torch.Tensor:
+    """items [N], categories [N] -> [num_items] int64: the category of each item among `items`,
+    0 for the others. A scatter into an item-indexed table instead of a sort (torch.unique sorts:
+    245 ms for 256 x 16384 ids, one core). An item has one category and every real item has one
+    >= 1 (padding: 0), so the table both marks the distinct items and gives their categories."""
+    if cpu_fast_path(items) and native.available():
+        return native.category_of_native(items, categories, num_items)  # [V]
+    category_of = torch.zeros(num_items, dtype=torch.int64, device=categories.device)
+    category_of[items] = categories.to(torch.int64)
+    return category_of
+
+
 def distinct_items(items: torch.Tensor, categories: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [U], categories [U]) of the distinct real items among `items` [N] (categories [N]).
-
-    A scatter into an item-indexed table instead of a sort (torch.unique sorts: 245 ms for
-    256 x 16384 ids, one core). An item has one category and every real item has one >= 1
-    (padding: 0), so the scatter both finds the distinct items and gives their categories.
 
     On the CPU U is exact. On other devices the size may not depend on the data (reading the
     count would wait for the device on every step), so the ids come padded to the bound
     min(num_items, N) with the padding item 0 (category 0): callers hash or project item 0 too,
     which padding's zero embedding makes harmless, and retrieval never reads padding.
     """
-    if cpu_fast_path(items) and native.available():
-        category_of = native.category_of_native(items, categories, num_items)  # [V]
-    else:
-        category_of = torch.zeros(num_items, dtype=torch.int64, device=categories.device)
-        category_of[items] = categories.to(torch.int64)
+    category_of = category_of_items(items, categories, num_items)
     if items.device.type == "cpu":
         ids = torch.nonzero(category_of).squeeze(1)  # [U]
     else:
@@ -103,6 +108,13 @@ class Embeddings(nn.Module):
                    time_gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[N, K] ids of behaviours -> [N, K, behaviour_dim]: [item, category | user-item features]"""
         raise NotImplementedError
+
+    def project_tables(self, item_projection: torch.Tensor,
+                       category_projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every item row . item_projection [d, m] -> [num_items, m] and every category row .
+        category_projection [d, m] -> [num_categories, m], in float32, without gradient; None
+        where this process does not hold the whole tables (a sharded engine)."""
+        return None
 
     def cross(self, actions: torch.Tensor, time_gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[N, K] -> [N, K, behaviour_dim - item_dim]: the user-item part of behaviours (action, time gap)"""
@@ -150,6 +162,10 @@ class FeatureEmbeddings(Embeddings):
 
     def items(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item(items), self.category(categories)], dim=-1)
+
+    def project_tables(self, item_projection, category_projection):
+        return (projected(self.item.weight.detach(), item_projection),
+                projected(self.category.weight.detach(), category_projection))
 
     def behaviours(self, items, categories, actions, time_gaps, mask) -> torch.Tensor:
         columns = self._behaviour_columns(items, categories, actions, time_gaps, mask)

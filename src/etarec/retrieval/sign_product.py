@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from etarec.retrieval.fast_path import cpu_fast_path, device_constant
-from etarec.retrieval.simhash import projected
 
 # float32 holds every integer below 2^24 exactly; the sort keys below stay under this bound
 _FLOAT32_EXACT = 2**24
@@ -49,9 +48,9 @@ def unpack_signs(codes: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Te
     return signs.flatten(-2)[..., :bits]
 
 
-def sign_vectors(embeddings: torch.Tensor, projection: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[..., D] embeddings -> [..., m] of +-1: the SimHash bits sign(e . H) > 0 as signs."""
-    return torch.where(projected(embeddings, projection) > 0, 1.0, -1.0).to(dtype)
+def sign_vectors(projections: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[..., m] projections e . H (SimHash.project) -> [..., m] of +-1: the SimHash bits as signs."""
+    return torch.where(projections > 0, 1.0, -1.0).to(dtype)
 
 
 def history_keys(signs: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -168,19 +168,58 @@ def device_table_top_k(query_codes: torch.Tensor, table_codes: torch.Tensor, his
 
 
 class SimHash(nn.Module):
-    """Fixed random projection d -> m bits, packed into int64 words."""
+    """Fixed random projection d -> m bits, packed into int64 words.
 
-    def __init__(self, dim: int, bits: int, seed: int = 0):
+    split: where an item vector [item embedding | category embedding] divides (None: not at all).
+    Each part is projected by its own rows of H and the two products are added, so that a
+    signature can also come from the tables themselves, every row projected once (table_codes):
+    the same bits as hashing the concatenated rows (a row's product does not depend on how many
+    rows share the matrix product, single rows aside), without gathering them.
+    """
+
+    def __init__(self, dim: int, bits: int, seed: int = 0, split: int | None = None):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.bits = bits
         self.words = words_for(bits)
+        self.split = split
         self.register_buffer("projection", torch.randn(dim, bits, generator=generator))  # [D, m]
+
+    def project(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., m] float32: e . H, part by part where the vector is split"""
+        if self.split is None:
+            return projected(embeddings, self.projection)
+        s = self.split
+        return projected(embeddings[..., :s], self.projection[:s]) + projected(embeddings[..., s:], self.projection[s:])
 
     @torch.no_grad()
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[..., D] float -> [..., ceil(m / 64)] int64 packed signatures."""
-        return pack_bits(projected(embeddings.detach(), self.projection) > 0)
+        return sign_pack(self.project(embeddings.detach()))
+
+
+def sign_pack(projections: torch.Tensor) -> torch.Tensor:
+    """[..., m] float -> [..., ceil(m / 64)] int64: pack_bits(projections > 0)."""
+    if projections.dtype == torch.float32 and projections.shape[-1] and cpu_fast_path(projections):
+        from etarec.retrieval import native  # compiles the kernel on first use
+
+        if native.available():  # the compare and the packing in one pass (the same bits)
+            return native.sign_pack_native(projections)
+    return pack_bits(projections > 0)
+
+
+def table_codes(item_projections: torch.Tensor, category_projections: torch.Tensor,
+                category_of: torch.Tensor) -> torch.Tensor:
+    """The signature of every item at once: item_projections [V, m] (each item row . its part of
+    H), category_projections [C, m] (each category row . the other part), category_of [V] (0 for
+    an item seen nowhere: its code is that of its item row alone, never read) -> [V, W] int64,
+    what SimHash(split) gives each item's [item | category] vector."""
+    if cpu_fast_path(item_projections):
+        from etarec.retrieval import native
+
+        if native.available():  # the gather, the sum and the packing in one pass, no [V, m] temporary
+            return native.sign_pack_sum_native(item_projections, category_projections, category_of)
+    return pack_bits(item_projections + category_projections[category_of] > 0)
 
 
 def projected(embeddings: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
