@@ -1,4 +1,8 @@
 """SimHash retrieval against a brute-force reference: float signs, counted bits, a stable sort."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +201,22 @@ def test_whole_table_signatures_equal_hashing_each_items_row_and_the_float64_sig
     bits_of = lambda packed: torch.stack([(packed[:, j // 64] >> (j % 64)) & 1 for j in range(bits)], dim=1).bool()
     assert torch.equal(bits_of(codes)[clear], (exact > 0)[clear])
     assert clear.float().mean() > 0.99
+
+
+@pytest.mark.skipif(not native.available() or not Path("/proc/self/maps").is_file(),
+                    reason="needs the native kernel and Linux's /proc")
+def test_the_native_kernel_runs_on_torchs_own_openmp_runtime():
+    """One OpenMP runtime, one thread pool: the kernel's parallel regions reuse the threads of
+    torch's intra-op pool (and OMP_WAIT_POLICY), not a second pool spinning next to it. A fresh
+    process, so no other library's OpenMP (scikit-learn bundles one) is loaded beforehand."""
+    probe = ("import torch\nfrom etarec.retrieval import native\nassert native.available()\n"
+             "torch.set_num_threads(2)\n"
+             "native.hamming_top_k_native(torch.zeros(64, 1, dtype=torch.int64), torch.zeros(9, 1, dtype=torch.int64),"
+             " torch.ones(64, 100, dtype=torch.int64), torch.ones(64, 100, dtype=torch.bool), 5)\n"
+             "print('\\n'.join(sorted({line.split()[-1] for line in open('/proc/self/maps') if 'omp' in line.split('/')[-1]})))")
+    mapped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert len(mapped) == 1, f"more than one OpenMP runtime loaded: {mapped}"
+    torch_lib = Path(torch.__file__).parent / "lib"
+    bundled = sorted(torch_lib.glob("lib*omp*.so*"))
+    if bundled:  # a pip wheel brings its own runtime; the kernel must resolve to it, not the system's
+        assert Path(mapped[0]).resolve() in {path.resolve() for path in bundled}

@@ -22,6 +22,11 @@
  * pass over a 16,384-long window by a third. */
 #define HISTOGRAMS 4
 
+/* Rows are handed out a few at a time (schedule dynamic), not split in equal halves up front:
+ * when another process shares a core, the thread on the free core takes the rows the other
+ * cannot get to, instead of the whole pass waiting for the slowed half (the result of a row does
+ * not depend on which thread computes it). */
+
 #define HAMMING_TOPK(NAME, ID_TYPE) \
 int NAME(const ID_TYPE *history,   /* [B, L] item ids */                                                \
                         const uint64_t *table,    /* [V, W] packed signatures */                        \
@@ -43,7 +48,7 @@ _Pragma("omp parallel num_threads(threads)")                                    
 _Pragma("omp atomic write")                                                                                \
             failed = 1;                                                                                 \
         } else {                                                                                        \
-_Pragma("omp for schedule(static)")                                                                        \
+_Pragma("omp for schedule(dynamic, 4)")                                                                        \
             for (int64_t b = 0; b < rows; b++) {                                                        \
                 const ID_TYPE *ids = history + b * length;                                              \
                 const uint8_t *real = mask + b * length;                                                \
@@ -122,7 +127,7 @@ void etarec_sign_pack(const float *x, const float *y, const int64_t *rows_of, in
                       int threads, uint64_t *out)
 {
     const int64_t words = (bits + 63) / 64;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1024)
     for (int64_t r = 0; r < rows; r++) {
         const float *v = x + r * bits;
         const float *u = y ? y + rows_of[r] * bits : NULL;
