@@ -5,7 +5,9 @@ Measured like the peer harness (../shared/peers/fuxictr/bench.py) so the figures
 40 steps or 20 s of training (forward, BCE, backward, clip 10, Adam) and up to 80 steps or 10 s of
 inference (eval, no_grad); batch building is timed apart. Each (model, L) point runs in a fresh
 process, so its peak RSS is its own. Configuration = the peer's: embedding 32 per feature (item +
-category), user id, 64 bits, k 64, short 50, attention 64 x 2 heads, DNN [200, 80].
+category), user id, 64 bits, k 64, short 50, attention 64 x 2 heads, DNN [200, 80]. Each point runs
+with the process settings `etarec train` runs its steps with (allocator.configure_step_process:
+freed memory kept, passive OpenMP waits).
 
     python benchmarks/train_cost.py --workload ~/.cache/etarec-peer-data/synth_i100000_s2024
     python benchmarks/train_cost.py --workload .bench/synth_long16k --L 256,1024,4096,16384 --models eta,din,full_attention
@@ -37,6 +39,9 @@ def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: 
             precision: str = "float32") -> dict:
     import contextlib
 
+    from etarec.allocator import configure_step_process
+
+    configure_step_process()  # the process settings `etarec train` runs its steps with (before torch loads)
     import torch
 
     from etarec.config import build_config

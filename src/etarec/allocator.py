@@ -37,3 +37,14 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def configure_step_process() -> None:
+    """What a process that runs model steps over and over sets before torch loads: freed memory
+    kept (above), and OpenMP threads that wait passively. Spinning waits hold their core while
+    the thread they wait for has been preempted by another process: one busy process beside a
+    2-thread ETA step at L = 4,096 made it 3.3x slower; waiting passively, 1.7x, at 8% of the
+    quiet speed (RESULTS.md, "End to end at long histories"). The OpenMP runtime reads the
+    variable when it loads, with torch, so this must come first; a user's own setting wins."""
+    keep_freed_memory()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

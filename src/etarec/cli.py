@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from etarec.allocator import keep_freed_memory
+from etarec.allocator import configure_step_process
 from etarec.errors import EtarecError
 
 
@@ -281,12 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, even in a log file
     if args.command in STEP_COMMANDS:
-        keep_freed_memory()
-        # OpenMP threads that wait by spinning hold their core while a thread they wait for has
-        # been preempted by another process: one busy process beside a 2-thread ETA step at
-        # L = 4,096 made it 3.3x slower; waiting passively, 1.7x, at 8% of the quiet speed
-        # (RESULTS.md, "End to end at long histories"). Read when torch loads, so set before it.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        configure_step_process()  # before torch loads
     try:
         args.run(args)
     except EtarecError as error:
