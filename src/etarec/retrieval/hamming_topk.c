@@ -48,29 +48,43 @@ _Pragma("omp parallel num_threads(threads)")                                    
 _Pragma("omp atomic write")                                                                                \
             failed = 1;                                                                                 \
         } else {                                                                                        \
-_Pragma("omp for schedule(dynamic, 4)")                                                                        \
+_Pragma("omp for schedule(dynamic, 8)")                                                                        \
             for (int64_t b = 0; b < rows; b++) {                                                        \
                 const ID_TYPE *ids = history + b * length;                                              \
                 const uint8_t *real = mask + b * length;                                                \
                 const uint64_t *q = query + b * words;                                                  \
                 memset(start, 0, sizeof(int64_t) * bins * HISTOGRAMS);                                \
-                for (int64_t j = 0; j < length; j++) {                                                  \
-                    int64_t id = ids[j];                                                                \
-                    int real_id = real[j] && id >= 0 && id < num_items;                                 \
-                    int64_t d;                                                                          \
-                    if (words == 1) { /* the common 64-bit signature, without a branch on the mask */   \
-                        d = __builtin_popcountll(table[real_id ? id : 0] ^ q[0]);                       \
-                        d = real_id ? d : pad;                                                          \
-                    } else {                                                                            \
-                        d = pad;                                                                        \
-                        if (real_id) {                                                                  \
-                            const uint64_t *code = table + id * words;                                  \
-                            d = 0;                                                                      \
-                            for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(code[w] ^ q[w]); \
+                if (words == 1) { /* the common 64-bit signature: no branch on the mask, 4 positions a round */\
+                    const uint64_t q0 = q[0];                                                           \
+                    int64_t j = 0;                                                                      \
+                    for (; j + HISTOGRAMS <= length; j += HISTOGRAMS) {                                 \
+                        for (int64_t u = 0; u < HISTOGRAMS; u++) {                                      \
+                            int64_t id = ids[j + u];                                                    \
+                            int ok = real[j + u] && id >= 0 && id < num_items;                          \
+                            int64_t d = ok ? __builtin_popcountll(table[ok ? id : 0] ^ q0) : pad;       \
+                            distance[j + u] = (uint16_t)d;                                              \
+                            start[u * bins + d + 1]++;                                                  \
                         }                                                                               \
                     }                                                                                   \
-                    distance[j] = (uint16_t)d;                                                          \
-                    start[(j % HISTOGRAMS) * bins + d + 1]++;                                           \
+                    for (; j < length; j++) {                                                           \
+                        int64_t id = ids[j];                                                            \
+                        int ok = real[j] && id >= 0 && id < num_items;                                  \
+                        int64_t d = ok ? __builtin_popcountll(table[ok ? id : 0] ^ q0) : pad;           \
+                        distance[j] = (uint16_t)d;                                                      \
+                        start[d + 1]++;                                                                 \
+                    }                                                                                   \
+                } else {                                                                                \
+                    for (int64_t j = 0; j < length; j++) {                                              \
+                        int64_t d = pad;                                                                \
+                        int64_t id = ids[j];                                                            \
+                        if (real[j] && id >= 0 && id < num_items) {                                     \
+                            const uint64_t *code = table + id * words;                                  \
+                            d = 0;                                                                      \
+                            for (int64_t w = 0; w < words; w++) d += __builtin_popcountll(code[w] ^ q[w]);\
+                        }                                                                               \
+                        distance[j] = (uint16_t)d;                                                      \
+                        start[(j % HISTOGRAMS) * bins + d + 1]++;                                       \
+                    }                                                                                   \
                 }                                                                                       \
                 for (int64_t h = 1; h < HISTOGRAMS; h++)                                                \
                     for (int64_t d = 0; d < bins; d++) start[d] += start[h * bins + d];                 \
