@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 import torch
 
 from etarec.data.prepared import PreparedData, Samples
@@ -145,18 +144,16 @@ class BatchBuilder:
         end = seq.offsets[user] + position  # [B] flat index one past the last history event
         history_len = np.minimum(position, self.long_len)  # [B]
         mask = self._columns[None, :] >= -history_len[:, None]  # [B, L]
-        # rows with a full window are contiguous slices: copied as rows of a strided view, 10x
-        # faster than an element gather at L = 16384; only short histories need gather + mask
-        full = history_len == self.long_len  # [B]
-        partial = np.flatnonzero(~full)
-        flat = np.where(mask[partial], end[partial, None] + self._columns[None, :], 0)  # [B', L]
-        full_start = end[full] - self.long_len
+        # each row's window is one contiguous slice of the flat array (right-aligned, padding on
+        # the left): copied slice by slice, 4x faster than numpy's fancy indexing of a strided
+        # view at L = 16,384 (3 vs 13 ms per int32 column of 256 rows) and no gather for short rows
+        rows = list(zip(end.tolist(), history_len.tolist()))
 
         def window(values: np.ndarray) -> torch.Tensor:
             out = np.empty(mask.shape, dtype=values.dtype)
-            if len(full_start):
-                out[full] = sliding_window_view(values, self.long_len)[full_start]
-            out[partial] = np.where(mask[partial], values[flat], 0)
+            for row, (stop, length) in enumerate(rows):
+                out[row, : self.long_len - length] = 0
+                out[row, self.long_len - length :] = values[stop - length : stop]
             return torch.from_numpy(out)
 
         def unread(dtype) -> torch.Tensor:
