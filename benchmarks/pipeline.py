@@ -287,8 +287,10 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
 def write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    # paths relative to the checkout, so the committed JSON names no machine's folders
-    tmp.write_text(json.dumps(record, indent=2).replace(f"{ROOT}/", ""))
+    # paths relative to the checkout (../ for its neighbours, ~ for the home folder), so the
+    # committed JSON names no machine's folders
+    text = json.dumps(record, indent=2).replace(f"{ROOT}/", "").replace(f"{ROOT.parent}/", "../")
+    tmp.write_text(text.replace(f"{Path.home()}/", "~/"))
     tmp.replace(path)
 
 

@@ -19,7 +19,7 @@ import torch
 from etarec.config import ModelConfig
 from etarec.data.batch import UserHistory
 from etarec.models.base import Candidates, InterestModel, ItemCache, RetrievedAttention, Selector
-from etarec.nn.embeddings import Embeddings, Vocab, category_of_items, distinct_items
+from etarec.nn.embeddings import Embeddings, Vocab, category_of_items, distinct_items, present_items
 from etarec.retrieval import sign_product
 from etarec.retrieval.simhash import SimHash, table_codes, table_hamming_top_k
 
@@ -115,8 +115,7 @@ class SimHashNearest(Selector):
             if tables is not None:
                 return table_codes(*tables, category_of)
         fresh = SignatureCache(self.simhash, embeddings)
-        ids = torch.nonzero(category_of).squeeze(1) if items.device.type == "cpu" else torch.nonzero_static(
-            category_of, size=min(embeddings.num_items, items.numel()), fill_value=0).squeeze(1)  # as distinct_items
+        ids = present_items(category_of, items.numel())  # [U]
         fresh.fill(ids, category_of[ids])
         return fresh.codes
 

@@ -77,11 +77,16 @@ def distinct_items(items: torch.Tensor, categories: torch.Tensor, num_items: int
     which padding's zero embedding makes harmless, and retrieval never reads padding.
     """
     category_of = category_of_items(items, categories, num_items)
-    if items.device.type == "cpu":
-        ids = torch.nonzero(category_of).squeeze(1)  # [U]
-    else:
-        ids = torch.nonzero_static(category_of, size=min(num_items, items.numel()), fill_value=0).squeeze(1)
+    ids = present_items(category_of, items.numel())
     return ids, category_of[ids]
+
+
+def present_items(category_of: torch.Tensor, positions: int) -> torch.Tensor:
+    """[num_items] table of category_of_items (over `positions` ids) -> the ids of the items in it
+    [U]: exact on the CPU, padded with item 0 to min(num_items, positions) elsewhere (distinct_items)."""
+    if category_of.device.type == "cpu":
+        return torch.nonzero(category_of).squeeze(1)
+    return torch.nonzero_static(category_of, size=min(len(category_of), positions), fill_value=0).squeeze(1)
 
 
 class Embeddings(nn.Module):

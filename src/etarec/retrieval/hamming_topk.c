@@ -18,8 +18,8 @@
 
 /* Distances are counted into HISTOGRAMS interleaved histograms, one per position modulo
  * HISTOGRAMS, summed before the select: distances cluster around m / 2, and consecutive
- * increments of one counter wait on each other (store-to-load forwarding); 4 counters cut the
- * pass over a 16,384-long window by a third. */
+ * increments of one counter wait on each other (store-to-load forwarding). With the 64-bit pass
+ * below (no branch on the mask), 256 x 16,384 on 2 threads: 16-22 -> 8 ms. */
 #define HISTOGRAMS 4
 
 /* Rows are handed out a few at a time (schedule dynamic), not split in equal halves up front:
