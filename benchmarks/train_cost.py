@@ -59,6 +59,7 @@ def measure(prepared: str, model_name: str, length: int, sparse: bool, threads: 
     device = torch.device(device)
     torch.manual_seed(0)
     model = build_model(config.model, Vocab.from_meta(data.meta)).to(device)
+    model.embeddings.use_catalog(torch.from_numpy(data.item_category).to(device))  # as `etarec train` does
     optimizer = make_optimizer(model, config.train)
     builder = BatchBuilder(data, length, config.model.short_len)
     build_ms, copy_ms, batches = [], [], []

@@ -6,6 +6,7 @@ from conftest import VOCAB, synthetic_batch
 from etarec.config import Config, build_config
 from etarec.models import MODELS, build_model
 from etarec.nn.attention import DinAttention, MultiHeadTargetAttention
+from etarec.nn.embeddings import category_of_items
 from etarec.retrieval.simhash import table_codes
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 
@@ -72,23 +73,37 @@ def test_retrieval_is_recomputed_from_current_embeddings():
     assert not torch.equal(index_before, index_after)
 
 
-@pytest.mark.parametrize("whole_table", [False, True])
-def test_unique_item_hashing_equals_per_position_hashing(whole_table, monkeypatch):
-    """Both ways code_table hashes a window: the distinct items gathered, or the whole item table
-    from its rows (chosen by the share of the catalog the window holds; forced here)."""
+@pytest.mark.parametrize("path", ["gathered", "whole_table", "catalog"])
+def test_unique_item_hashing_equals_per_position_hashing(path, monkeypatch):
+    """Each way code_table hashes a window: the distinct items gathered, the whole item table from
+    its rows with the categories the window gives, or with the catalog's categories and the window
+    not read (chosen by the share of the catalog the window holds and by its length; forced here)."""
     from etarec.models import eta
 
-    monkeypatch.setattr(eta, "WHOLE_TABLE", 0.0 if whole_table else 2.0)
-    calls = []
-    monkeypatch.setattr(eta, "table_codes", lambda *tables: calls.append(1) or table_codes(*tables))
+    monkeypatch.setattr(eta, "WHOLE_TABLE", 2.0 if path == "gathered" else 0.0)
+    monkeypatch.setattr(eta, "POSITIONS_PER_ITEM", 0 if path == "catalog" else 10**9)
+    tables, scatters = [], []
+    monkeypatch.setattr(eta, "table_codes", lambda *args: tables.append(1) or table_codes(*args))
+    monkeypatch.setattr(eta, "category_of_items", lambda *args: scatters.append(1) or category_of_items(*args))
     model, _ = make()
+    # the catalog the synthetic batches draw from: item i has category i % (C - 2) + 2
+    catalog = torch.arange(VOCAB.num_items) % (VOCAB.num_categories - 2) + 2
+    catalog[0] = 0
+    model.embeddings.use_catalog(catalog)
     batch = synthetic_batch(batch=6, long_len=16)
     batch.history_items[:, 8:] = batch.history_items[:, :8].clone()  # repeated items
     batch.history_categories[:, 8:] = batch.history_categories[:, :8].clone()
+    assert torch.equal(catalog[batch.history_items], batch.history_categories)
     per_position = model.long_interest.selector.simhash(
         model.embeddings.items(batch.history_items, batch.history_categories))
     assert torch.equal(history_codes(model, batch), per_position)
-    assert len(calls) == whole_table
+    assert (len(tables), len(scatters)) == {"gathered": (0, 1), "whole_table": (1, 1), "catalog": (1, 0)}[path]
+
+
+def test_a_catalog_of_another_size_is_refused():
+    model, _ = make()
+    with pytest.raises(ValueError, match="catalog has 3 items"):
+        model.embeddings.use_catalog(torch.zeros(3, dtype=torch.int64))
 
 
 def reference_attention(module: MultiHeadTargetAttention, query, keys, mask):

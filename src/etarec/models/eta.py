@@ -27,6 +27,9 @@ from etarec.retrieval.simhash import SimHash, table_codes, table_hamming_top_k
 # measured on the peer's workload (1e5 items, d = 32, 64 bits, 2 cores): hashing the whole table
 # from its rows costs ~0.3 of gathering and hashing as many distinct items; see code_table
 WHOLE_TABLE = 0.3
+# and ~30x what marking one window position in the item-indexed table costs (~60 vs ~2 ns): from
+# 30 positions per catalog item, counting the distinct items costs more than hashing them all
+POSITIONS_PER_ITEM = 30
 
 
 class SignatureCache(ItemCache):
@@ -103,14 +106,22 @@ class SimHashNearest(Selector):
     def code_table(self, embeddings, history: UserHistory, cache: SignatureCache | None) -> torch.Tensor:
         """[V, W] packed signatures, current for every item of the window. Each distinct item is
         hashed once per call, or once per cache; where the window holds a large part of the
-        catalog, the whole item table is hashed from its rows (no gathering, see WHOLE_TABLE)."""
+        catalog, the whole item table is hashed from its rows (no gathering, see WHOLE_TABLE), and
+        where the window is so long that even finding its distinct items costs more, from the
+        rows and the catalog's categories alone (POSITIONS_PER_ITEM)."""
         if cache is not None:
             self._hash_missing(embeddings, history.items, history.categories, cache)
             return cache.codes
         items, categories = history.items.flatten(), history.categories.flatten()  # [N*L]
+        d = self.simhash.split
+        if embeddings.item_categories is not None and items.numel() >= POSITIONS_PER_ITEM * embeddings.num_items:
+            # the catalog gives every item's category: the window is not read at all (it would give
+            # the same categories: one per item)
+            tables = embeddings.project_tables(self.simhash.projection[:d], self.simhash.projection[d:])
+            if tables is not None:
+                return table_codes(*tables, embeddings.item_categories)
         category_of = category_of_items(items, categories, embeddings.num_items)  # [V]
         if self._whole_table_pays(category_of, items.numel()):
-            d = self.simhash.split
             tables = embeddings.project_tables(self.simhash.projection[:d], self.simhash.projection[d:])
             if tables is not None:
                 return table_codes(*tables, category_of)

@@ -104,6 +104,16 @@ class Embeddings(nn.Module):
     uses_time: bool
     uses_action: bool
     uses_user: bool
+    # [num_items] the catalog's category of each item, where the caller knows the catalog (training
+    # does: every event of an item carries that item's one category, data/encode.py), else None;
+    # lets a model know an item's category without reading it from a window (ETA's code_table)
+    item_categories: torch.Tensor | None = None
+
+    def use_catalog(self, item_categories: torch.Tensor) -> None:
+        """Remember the catalog's category of each item [num_items] (on the embeddings' device)."""
+        if item_categories.shape != (self.num_items,):
+            raise ValueError(f"the catalog has {len(item_categories)} items, the item table {self.num_items} rows")
+        self.item_categories = item_categories.to(torch.int64)
 
     def items(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         """[...] ids -> [..., item_dim]"""

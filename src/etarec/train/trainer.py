@@ -274,6 +274,7 @@ def _fit(config: Config, out: Path, world: World, progress: bool, log, data: Pre
     vocab = Vocab.from_meta(data.meta)
     seed_everything(config.train.seed)
     model = build_model(config.model, vocab).to(world.device)  # the same initial weights on every rank
+    model.embeddings.use_catalog(torch.from_numpy(data.item_category).to(world.device))
     parallel = distributed.parallel_for(config, world)
     model = parallel.prepare(model)
     optimizer = parallel.optimizer(model, config.train)
