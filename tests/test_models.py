@@ -1,9 +1,12 @@
 """ETA and DIN as the paper describes them: fixed hash, end-to-end retrieval, masked attention."""
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import VOCAB, synthetic_batch
 from etarec.config import Config, build_config
+from etarec.errors import EtarecError
 from etarec.models import MODELS, build_model
 from etarec.nn.attention import DinAttention, MultiHeadTargetAttention
 from etarec.nn.embeddings import category_of_items
@@ -262,3 +265,27 @@ def test_shared_history_scores_many_candidates_as_forward_scores_each(name, atte
                 torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance,
                                            msg=lambda m: f"shared={shared} cache={cache is not None}: {m}")
                 assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("name", ["eta", "din", "twin"])
+def test_gaps_from_the_last_behaviour_ignore_how_long_the_user_was_away(name):
+    """time_origin last_behaviour: a request made later (every gap larger by the same amount)
+    scores as the earlier one, and scores as the request-origin model fed gaps rebased by hand."""
+    from_last, _ = make(name, time_origin="last_behaviour")
+    from_request, _ = make(name)
+    from_last.eval(), from_request.eval()
+    batch = synthetic_batch(batch=5, long_len=16, valid_from=[0, 3, 9, 15, 16])  # the last row has no history
+    later = dataclasses.replace(batch, history_time_gaps=torch.where(batch.history_mask,
+                                                                     batch.history_time_gaps + 86_400 * 30, 0))
+    rebased = dataclasses.replace(batch, history_time_gaps=torch.where(
+        batch.history_mask, batch.history_time_gaps - batch.history_time_gaps[:, -1:], 0))
+    with torch.no_grad():
+        scores = from_last(batch)
+        assert torch.equal(from_last(later), scores)
+        assert torch.equal(from_request(rebased), scores)
+        assert not torch.equal(from_request(later), from_request(batch))  # the request origin does see it
+
+
+def test_a_time_origin_without_time_gaps_is_refused():
+    with pytest.raises(EtarecError, match="time_origin=last_behaviour measures the time gaps, which are off"):
+        make(use_time=False, time_origin="last_behaviour")

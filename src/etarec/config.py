@@ -94,6 +94,10 @@ class ModelConfig(_Section):
     # with use_time: false keeps the time gap out of multihead attention's keys (it stays in the
     # values), so which behaviours a candidate attends to is decided by what they are, not by when
     time_in_keys: bool = True
+    # with use_time: where a behaviour's gap is measured from: "request" (the sample's or request's
+    # time) or "last_behaviour" (the user's most recent behaviour: how long before it each behaviour
+    # happened; how long the user has been away from the request is left out)
+    time_origin: Literal["request", "last_behaviour"] = "request"
     use_action: bool = False  # embed each behaviour's action (rating, click type)
     use_user_id: bool = True  # user id embedding
     use_profile: bool = True  # user profile features (gender, age, ...) where the data has them
@@ -115,12 +119,14 @@ class ModelConfig(_Section):
 
     @model_serializer(mode="wrap")
     def _without_defaults_added_later(self, handler):
-        """`embeddings`, `sharding` and `time_in_keys` are left out of dumps at their defaults, so
-        configs and the digests of recorded runs read as before they existed."""
+        """`embeddings`, `sharding`, `time_in_keys` and `time_origin` are left out of dumps at their
+        defaults, so configs and the digests of recorded runs read as before they existed."""
         dumped = handler(self)
         if isinstance(dumped, dict):
             if self.time_in_keys:
                 dumped.pop("time_in_keys", None)
+            if self.time_origin == "request":
+                dumped.pop("time_origin", None)
             if self.embeddings == "dense":
                 dumped.pop("embeddings", None)
             if self.sharding == "row_wise":
@@ -152,6 +158,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "time_in_keys=false needs attention=multihead: DIN's activation unit pools its keys, "
                 "so a gap kept out of the keys would leave the model altogether"
+            )
+        if self.time_origin != "request" and not self.use_time:
+            raise ValueError(
+                f"time_origin={self.time_origin} measures the time gaps, which are off: set model.use_time=true "
+                "or leave time_origin at request"
             )
         return self
 

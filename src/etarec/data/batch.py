@@ -5,6 +5,7 @@ Windows are right-aligned: column L-1 is the most recent behaviour before the re
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -47,6 +48,12 @@ class UserHistory:
         columns = [torch.nn.functional.pad(column[:, -length:], (pad, 0)) if pad else column[:, -length:]
                    for column in self.behaviour_columns()]
         return UserHistory(self.user, self.user_profile, *columns)
+
+    def gaps_from_last(self) -> "UserHistory":
+        """The gaps measured from the most recent behaviour (column L-1) instead of the request:
+        time_gaps [[0, 0, 8600, 60]] -> [[0, 0, 8540, 0]]."""
+        gaps = torch.where(self.mask, self.time_gaps - self.time_gaps[:, -1:], 0)  # [N, L]
+        return dataclasses.replace(self, time_gaps=gaps)
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Behaviour columns at positions index [N, K] -> five [N, K] tensors"""

@@ -178,6 +178,7 @@ class InterestModel(nn.Module):
     def __init__(self, config: ModelConfig, vocab: Vocab, long_width: int, short_attention: bool = True):
         super().__init__()
         self.long_len, self.short_len, self.top_k = config.long_len, config.short_len, config.top_k
+        self.time_origin = config.time_origin
         self.embeddings: Embeddings = FeatureEmbeddings(config, vocab)
         e = self.embeddings
         self.short_attention = target_attention(config, e.item_dim, e.behaviour_dim) if short_attention else None
@@ -206,6 +207,8 @@ class InterestModel(nn.Module):
             history = history.window(self.long_len, pad)
         elif history.length > self.long_len:
             history = history.window(self.long_len)
+        if self.time_origin == "last_behaviour":
+            history = history.gaps_from_last()
         side = UserSide(history, self.embeddings.users(history.user, history.user_profile), None, None, None,
                         shared, cache)
         # one candidate per row shares nothing: its row's work waits for the candidate (candidate_logits),
