@@ -65,8 +65,8 @@ def prepared_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prepared_dir) -> dict[str, Path]:
-    """Trained ETA and DIN; full attention, and ETA with DIN's attention unit and Dice, with their
-    initial weights (any weights do for parity)."""
+    """Trained ETA and DIN; full attention, ETA with DIN's attention unit and Dice, and ETA with time
+    as a user feature (time_in=user), with their initial weights (any weights do for parity)."""
     root = tmp_path_factory.mktemp("runs")
     folders = {}
     for name in ("eta", "din"):
@@ -77,7 +77,8 @@ def runs(tmp_path_factory, prepared_dir) -> dict[str, Path]:
     vocab = Vocab.from_meta(json.loads((prepared_dir / "meta.json").read_text()))
     window = [arg for arg in TINY if arg.startswith("model.")] + ["model.use_time=true", "model.use_action=true"]
     for name, model in (("full_attention", ["model.name=full_attention"]),
-                        ("eta_din_attention", ["model.attention=din", "model.activation=dice"])):
+                        ("eta_din_attention", ["model.attention=din", "model.activation=dice"]),
+                        ("eta_time_in_user", ["model.time_in=user"])):
         config = build_config({"data": {"prepared_dir": str(prepared_dir)}}, window + model)
         torch.manual_seed(0)
         folders[name] = root / name
@@ -128,7 +129,7 @@ def builder(real: Real) -> BatchBuilder:
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["eta", "din", "full_attention", "eta_din_attention"])
+@pytest.mark.parametrize("name", ["eta", "din", "full_attention", "eta_din_attention", "eta_time_in_user"])
 def test_scorer_equals_the_models_forward_on_real_samples(runs, real, name):
     scorer = Scorer.load(runs[name])
     test = real.data.splits["test"]
@@ -408,7 +409,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 def exported(runs, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx")
     files = {}
-    for name in ("eta", "din", "eta_din_attention"):
+    for name in ("eta", "din", "eta_din_attention", "eta_time_in_user"):
         files[name] = folder / f"{name}.onnx"
         assert main(["export", "--checkpoint", str(runs[name]), "--format", "onnx", "--out", str(files[name])]) == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{name}.onnx" for name in files), \
@@ -416,7 +417,7 @@ def exported(runs, tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("name", ["eta", "din", "eta_din_attention"])
+@pytest.mark.parametrize("name", ["eta", "din", "eta_din_attention", "eta_time_in_user"])
 def test_export_check_passes_on_real_samples(runs, exported, capsys, name):
     capsys.readouterr()
     out = exported[name].with_name(f"checked-{name}.onnx")

@@ -98,6 +98,10 @@ class ModelConfig(_Section):
     # time) or "last_behaviour" (the user's most recent behaviour: how long before it each behaviour
     # happened; how long the user has been away from the request is left out)
     time_origin: Literal["request", "last_behaviour"] = "request"
+    # with use_time: what carries time: "behaviours" (each behaviour its gap, as above) or "user"
+    # (one user feature, read by the head only: how long before the request the user's most recent
+    # behaviour happened; the behaviours and so the attention carry no time)
+    time_in: Literal["behaviours", "user"] = "behaviours"
     use_action: bool = False  # embed each behaviour's action (rating, click type)
     use_user_id: bool = True  # user id embedding
     use_profile: bool = True  # user profile features (gender, age, ...) where the data has them
@@ -119,7 +123,7 @@ class ModelConfig(_Section):
 
     @model_serializer(mode="wrap")
     def _without_defaults_added_later(self, handler):
-        """`embeddings`, `sharding`, `time_in_keys` and `time_origin` are left out of dumps at their
+        """`embeddings`, `sharding`, `time_in_keys`, `time_origin` and `time_in` are left out of dumps at their
         defaults, so configs and the digests of recorded runs read as before they existed."""
         dumped = handler(self)
         if isinstance(dumped, dict):
@@ -127,6 +131,8 @@ class ModelConfig(_Section):
                 dumped.pop("time_in_keys", None)
             if self.time_origin == "request":
                 dumped.pop("time_origin", None)
+            if self.time_in == "behaviours":
+                dumped.pop("time_in", None)
             if self.embeddings == "dense":
                 dumped.pop("embeddings", None)
             if self.sharding == "row_wise":
@@ -164,6 +170,13 @@ class ModelConfig(_Section):
                 f"time_origin={self.time_origin} measures the time gaps, which are off: set model.use_time=true "
                 "or leave time_origin at request"
             )
+        if self.time_in == "user":
+            if not self.use_time:
+                raise ValueError("time_in=user embeds a time gap, which is off: set model.use_time=true "
+                                 "or leave time_in at behaviours")
+            if not self.time_in_keys or self.time_origin != "request":
+                raise ValueError("time_in_keys and time_origin place the behaviours' gaps, which time_in=user "
+                                 "leaves out: leave them at their defaults or set time_in=behaviours")
         return self
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from etarec.config import ModelConfig
 from etarec.data.batch import Batch, UserHistory
 from etarec.nn.attention import TargetAttention, target_attention
-from etarec.nn.embeddings import Embeddings, FeatureEmbeddings, Vocab
+from etarec.nn.embeddings import TIME_BUCKETS, Embeddings, FeatureEmbeddings, Vocab, time_bucket
 from etarec.nn.mlp import MLP
 
 
@@ -183,15 +183,21 @@ class InterestModel(nn.Module):
         e = self.embeddings
         self.short_attention = target_attention(config, e.item_dim, e.behaviour_dim) if short_attention else None
         short_width = config.attention_dim if short_attention else 0
-        self.head = MLP(e.user_dim + e.item_dim + long_width + short_width, config.mlp, 1, config.activation,
-                        config.dropout)
+        recency_width = config.embedding_dim if config.use_time and config.time_in == "user" else 0
+        self.head = MLP(e.user_dim + recency_width + e.item_dim + long_width + short_width, config.mlp, 1,
+                        config.activation, config.dropout)
+        # time_in=user: how long before the request the user last acted, one more user feature (a
+        # dense table of 33 rows: bucketed like the behaviours' gaps); made after the head so the
+        # layers above draw as without it
+        self.recency = nn.Embedding(TIME_BUCKETS, config.embedding_dim, padding_idx=0) if recency_width else None
         self.long_interest: LongInterest | None = None
 
     @property
     def inputs(self) -> frozenset[str]:
         """The optional history columns this model reads (BatchBuilder builds only those)."""
         e = self.embeddings
-        return frozenset({"actions"} if e.uses_action else set()) | frozenset({"time_gaps"} if e.uses_time else set())
+        reads_time = e.uses_time or self.recency is not None
+        return frozenset({"actions"} if e.uses_action else set()) | frozenset({"time_gaps"} if reads_time else set())
 
     def forward(self, batch: Batch, cache: ItemCache | None = None) -> torch.Tensor:
         """[B] logits of each sample's target, given its history."""
@@ -209,11 +215,18 @@ class InterestModel(nn.Module):
             history = history.window(self.long_len)
         if self.time_origin == "last_behaviour":
             history = history.gaps_from_last()
-        side = UserSide(history, self.embeddings.users(history.user, history.user_profile), None, None, None,
-                        shared, cache)
+        side = UserSide(history, self.user_features(history), None, None, None, shared, cache)
         # one candidate per row shares nothing: its row's work waits for the candidate (candidate_logits),
         # so the embeddings are used in the order target, long, short, and their gradients sum in it
         return self.prepared(side) if shared else side
+
+    def user_features(self, history: UserHistory) -> torch.Tensor:
+        """[N, Du (+ d with time_in=user)] the user's embeddings, and how long they have been away"""
+        user = self.embeddings.users(history.user, history.user_profile)
+        if self.recency is None:
+            return user
+        away = self.recency(time_bucket(history.time_gaps[:, -1], history.mask[:, -1]))  # [N, d]; 0: no history
+        return torch.cat([user, away], dim=-1)
 
     def prepared(self, side: UserSide) -> UserSide:
         """The side with its short window projected and the long interest's own part made

@@ -46,7 +46,12 @@ class Vocab:
 
 def behaviour_dim(config: ModelConfig) -> int:
     """A behaviour's width: the item (item and category embeddings) and the user-item features that are on."""
-    return config.embedding_dim * (2 + config.use_action + config.use_time)
+    return config.embedding_dim * (2 + config.use_action + gaps_in_behaviours(config))
+
+
+def gaps_in_behaviours(config: ModelConfig) -> bool:
+    """Whether each behaviour carries its time gap (use_time, unless time_in=user puts time in the user features)."""
+    return config.use_time and config.time_in == "behaviours"
 
 
 def time_bucket(gaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,7 +99,7 @@ class Embeddings(nn.Module):
     item_dim (an item), behaviour_dim (a behaviour: item + user-item features), user_dim (user
     features, 0 when off); num_items (the item table's rows, padding and unknown included);
     num_profiles (user profile columns read, 0 when off); uses_time / uses_action / uses_user
-    (which features are on)."""
+    (which features are on; uses_time: behaviours carry their time gaps)."""
 
     item_dim: int
     behaviour_dim: int
@@ -155,7 +160,7 @@ class FeatureEmbeddings(Embeddings):
         self.item = nn.Embedding(vocab.num_items, d, padding_idx=0, sparse=sparse)
         self.category = nn.Embedding(vocab.num_categories, d, padding_idx=0, sparse=sparse)
         self.action = nn.Embedding(vocab.num_actions, d, padding_idx=0, sparse=sparse) if config.use_action else None
-        self.time_gap = nn.Embedding(TIME_BUCKETS, d, padding_idx=0, sparse=sparse) if config.use_time else None
+        self.time_gap = nn.Embedding(TIME_BUCKETS, d, padding_idx=0, sparse=sparse) if gaps_in_behaviours(config) else None
         self.user = nn.Embedding(vocab.num_users, d, sparse=sparse) if config.use_user_id else None
         self.profiles = nn.ModuleList(
             [nn.Embedding(size, d, sparse=sparse) for size in vocab.profile_sizes] if config.use_profile else []
@@ -173,7 +178,7 @@ class FeatureEmbeddings(Embeddings):
         self.user_dim = d * (self.user is not None) + d * len(self.profiles)
         self.num_items = vocab.num_items
         self.num_profiles = len(self.profiles)
-        self.uses_time, self.uses_action, self.uses_user = config.use_time, config.use_action, config.use_user_id
+        self.uses_time, self.uses_action, self.uses_user = self.time_gap is not None, config.use_action, config.use_user_id
 
     def items(self, items: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item(items), self.category(categories)], dim=-1)

@@ -97,7 +97,8 @@ class Scorer:
         # CPU: chunks whose intermediates stay in cache; a GPU takes all candidates in one pass
         self.chunk = CANDIDATE_CHUNK if self.device.type == "cpu" else None
         embeddings = model.embeddings
-        self.uses_time, self.uses_action, self.uses_user = embeddings.uses_time, embeddings.uses_action, embeddings.uses_user
+        self.uses_time = "time_gaps" in model.inputs  # on behaviours, or how long the user was away (time_in=user)
+        self.uses_action, self.uses_user = embeddings.uses_action, embeddings.uses_user
         self.threads = threads or torch.get_num_threads()
         self._pool = ThreadPoolExecutor(self.threads, initializer=torch.set_num_threads, initargs=(1,),
                                         thread_name_prefix="etarec-scorer")
