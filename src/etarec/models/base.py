@@ -187,8 +187,8 @@ class InterestModel(nn.Module):
         self.head = MLP(e.user_dim + recency_width + e.item_dim + long_width + short_width, config.mlp, 1,
                         config.activation, config.dropout)
         # time_in=user: how long before the request the user last acted, one more user feature (a
-        # dense table of 33 rows: bucketed like the behaviours' gaps); made after the head so the
-        # layers above draw as without it
+        # dense table of 33 rows: bucketed like the behaviours' gaps); made after the head, so the
+        # embeddings and the short attention draw their initial weights as without it
         self.recency = nn.Embedding(TIME_BUCKETS, config.embedding_dim, padding_idx=0) if recency_width else None
         self.long_interest: LongInterest | None = None
 
