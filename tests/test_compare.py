@@ -184,6 +184,17 @@ def test_summary_only_reports_the_finished_runs_and_names_the_rest(suite, tmp_pa
     assert "- Not finished yet, left out: eta seed 2025, din seed 2025." in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_models_runs_only_the_named_entries_and_the_whole_suite_reuses_them(suite, tmp_path, trained):
+    out = tmp_path / "results"
+    assert main(["compare", "--suite", str(suite), "--out", str(out), "--no-progress", "--models", "din"]) == 0
+    assert [folder.parent.name.split("-")[0] for folder in trained] == ["din"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["name"] for row in summary["models"]] == ["din"]
+    run_suite(suite, out, seeds=1, **QUIET)
+    assert [folder.parent.name.split("-")[0] for folder in trained] == ["din", "eta"], "the part's din run was not reused"
+
+
 def _row(name: str, auc: float, seconds: float = 1.0, infer: float = 1.0, value=None, seed: int = 2024) -> dict:
     return {"name": name, "value": value, "test_auc": {"mean": auc, "std": 0.0},
             "train_seconds_per_epoch": {"mean": seconds, "std": 0.0}, "infer_samples_per_second": {"mean": infer, "std": 0.0},
@@ -345,6 +356,7 @@ def test_inner_product_retrieval_has_recall_one_and_simhash_at_most_one(prepared
     ({}, ["--sweep", "etta.hash_bits=4,8"], "no entry named 'etta'; did you mean 'eta'?"),
     ({}, ["--sweep", "eta.top_k=8,64"], "sweep eta.top_k: entry 'eta' with top_k=64: invalid config"),
     ({}, ["--seeds", "0"], "need at least one seed"),
+    ({}, ["--models", "din,etaa"], "--models din,etaa: no entry named 'etaa'; did you mean 'eta'?"),
     ({"paper": {"ordering": "din < etaa"}}, [], "paper: no entry named 'etaa'; did you mean 'eta'?"),
     ({"paper": {"ordering": "eta"}}, [], "`ordering` must be a chain of entries"),
     ({"paper": {"versus": ["eta vs"]}}, [], "`versus` must be a list of 'ENTRY vs REFERENCE'"),

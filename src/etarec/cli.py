@@ -134,7 +134,8 @@ def _compare(args) -> None:
 
     for path in run_suite(args.suite, args.out, seeds=args.seeds, sweeps=args.sweep, overrides=args.set,
                           progress=not args.no_progress, summary_only=args.summary_only,
-                          length_buckets=args.length_buckets):
+                          length_buckets=args.length_buckets,
+                          models=args.models.split(",") if args.models else None):
         print(f"wrote {path}")
 
 
@@ -269,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--length-buckets", metavar="E1,E2,...",
                          help="edges of the by-history-length tables (default: the suite's length_buckets, else "
                          "50,200,1000)")
+    compare.add_argument("--models", metavar="E1,E2,...",
+                         help="only these entries of the suite (its order kept), e.g. din,eta")
     compare.add_argument("--no-progress", action="store_true")
     compare.set_defaults(run=_compare)
     return parser

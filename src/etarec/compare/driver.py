@@ -22,18 +22,19 @@ from etarec.train.metrics import length_edges
 
 def run_suite(suite_path: str | Path, out: str | Path, seeds: int = 1, sweeps: list[str] = (),
               overrides: list[str] = (), progress: bool = True, log=print, summary_only: bool = False,
-              length_buckets=None) -> list[Path]:
+              length_buckets=None, models: list[str] | None = None) -> list[Path]:
     """Run the suite's main table, or each of `sweeps` instead; returns the files written.
 
     summary_only: train nothing; the tables cover the runs finished so far and name the others
     (a suite too long for one sitting can be reported on while it advances).
     length_buckets: edges of the by-length tables ("50,200,1000"), instead of the suite's
-    `length_buckets` (default 50, 200, 1000). The main table's by_length.png (each model's AUC
+    `length_buckets` (default 50, 200, 1000). models: only these entries (names), in the
+    suite's order; the claims' lines cover those present. The main table's by_length.png (each model's AUC
     gain over DIN per bucket) is among the files returned when it could be drawn; when not, `log`
     says why."""
     if seeds < 1:
         raise EtarecError(f"--seeds {seeds}: need at least one seed")
-    suite = load_suite(suite_path, overrides)
+    suite = load_suite(suite_path, overrides, only=models)
     edges = length_edges(length_buckets) if length_buckets is not None else suite.length_edges
     parsed = [parse_sweep(spec, suite) for spec in sweeps]
     out = Path(out)

@@ -75,9 +75,11 @@ def _mapping(value: Any, where: str) -> dict:
     return value
 
 
-def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
+def load_suite(path: str | Path, overrides: list[str] = (), only: list[str] | None = None) -> Suite:
     """Read and validate a suite: every entry's config is built here, so bad input fails before training.
-    `overrides` (key=value) apply to every entry, after the suite's own settings."""
+    `overrides` (key=value) apply to every entry, after the suite's own settings; `only` (entry
+    names) keeps those entries, in the suite's order: their runs are the same (same label, same
+    config) as in the whole suite, so a part run first is reused by the whole."""
     path = Path(path)
     raw = read_yaml(path, "suite file", "a YAML file such as configs/suites/quickstart.yaml")
     if not raw.get("base") or not raw.get("models"):
@@ -101,6 +103,11 @@ def load_suite(path: str | Path, overrides: list[str] = ()) -> Suite:
     for label in sweep_models:
         known_entry(label, entries, f"suite file {path}: sweep_models")
     paper = None if raw.get("paper") is None else _paper(raw["paper"], entries, f"suite file {path}: paper")
+    if only is not None:  # after the paper's names were checked against the whole suite
+        for label in only:
+            known_entry(label, entries, f"--models {','.join(only)}")
+        entries = {label: entry for label, entry in entries.items() if label in only}
+        sweep_models = [label for label in sweep_models if label in entries] or list(entries)
     try:
         edges = length_edges(raw["length_buckets"]) if raw.get("length_buckets") is not None else DEFAULT_LENGTH_EDGES
     except EtarecError as error:
