@@ -183,7 +183,7 @@ class InterestModel(nn.Module):
         e = self.embeddings
         self.short_attention = target_attention(config, e.item_dim, e.behaviour_dim) if short_attention else None
         short_width = config.attention_dim if short_attention else 0
-        recency_width = config.embedding_dim if config.use_time and config.time_in == "user" else 0
+        recency_width = config.embedding_dim if config.time_in == "user" else 0  # (validation: use_time is on)
         self.head = MLP(e.user_dim + recency_width + e.item_dim + long_width + short_width, config.mlp, 1,
                         config.activation, config.dropout)
         # time_in=user: how long before the request the user last acted, one more user feature (a
