@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from etarec.config import Config, TrainConfig
 from etarec.data.batch import rank_share
 from etarec.errors import EtarecError
-from etarec.train.optim import OptimizerGroup, clip_gradients, make_optimizer, scale_gradients
+from etarec.train.optim import OptimizerGroup, adam, clip_gradients, make_optimizer, scale_gradients
 from etarec.train import state as saved_state
 
 
@@ -271,10 +271,10 @@ class ShardedTables(DataParallel):
         if rows and model.model.embeddings.sparse:
             tables = torch.optim.SparseAdam(rows, lr=config.lr)
         elif rows:
-            tables = torch.optim.Adam(rows, lr=config.lr, weight_decay=config.weight_decay)
+            tables = adam(rows, config)
         from etarec.scale.tables import dense_parameters
 
-        dense = OptimizerGroup([torch.optim.Adam(dense_parameters(model), lr=config.lr, weight_decay=config.weight_decay)])
+        dense = OptimizerGroup([adam(dense_parameters(model), config)])
         return _ShardedOptimizer(dense, tables)
 
     def clip_gradients(self, model: nn.Module, max_norm: float) -> None:

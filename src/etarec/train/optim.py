@@ -42,10 +42,20 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> OptimizerGroup:
     sparse = _sparse_tables(model)
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=config.lr, weight_decay=config.weight_decay)]
+    optimizers: list[torch.optim.Optimizer] = [adam(dense, config)]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
     return OptimizerGroup(optimizers)
+
+
+def adam(parameters, config: TrainConfig) -> torch.optim.Adam:
+    """Adam over dense parameters, as one fused kernel where torch has one for their device (CPU,
+    CUDA): the per-parameter loop reads and writes the moments in 6 passes per step; with a
+    1e5 x 32 item table that was 22 ms of a training step on one core, fused 3.7 ms (the same
+    update, rounded differently in the last bit: within 3e-8 after 13 steps)."""
+    parameters = list(parameters)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 @torch.no_grad()
