@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,10 @@ def run_setting(name: str, knobs: dict, users: int, seeds: int, out: Path) -> di
     prepared = f"prepared/synth-long-knobs-{users}-{name.replace('=', '-')}"
     sets = [f"data.synth.users={users}", f"data.prepared_dir={prepared}",
             *(f"data.synth.{key}={value}" for key, value in knobs.items())]
-    command = [str(REPO / ".venv" / "bin" / "etarec"), "compare", "--suite", str(SUITE), "--seeds", str(seeds),
-               "--out", str(out / name), "--models", ",".join(MODELS), "--no-progress",
+    # paths relative to the repository (where it runs): the summaries record them
+    command = [str(REPO / ".venv" / "bin" / "etarec"), "compare", "--suite", str(SUITE.relative_to(REPO)),
+               "--seeds", str(seeds), "--out", os.path.relpath(out / name, REPO), "--models", ",".join(MODELS),
+               "--no-progress",
                *(arg for value in sets for arg in ("--set", value))]
     print("$", " ".join(command[1:]), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
