@@ -23,7 +23,7 @@ from etarec.data.prepared import Samples, load_prepared
 from etarec.models import MODELS
 from etarec.serve.scorer import History, Scorer
 from etarec.store.checkpoint import load_checkpoint
-from etarec.train.trainer import predict
+from etarec.train.inference import predict
 
 # the fixtures (one torch thread, the prepared bundled data) and the loopback server of the ETA serving tests
 from test_serve import REPO, one_thread, prepared_dir, running_service  # noqa: F401

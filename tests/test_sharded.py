@@ -26,7 +26,8 @@ from etarec.data.prepare import ensure_prepared
 from etarec.data.prepared import Samples, load_prepared
 from etarec.serve.scorer import Scorer
 from etarec.store.checkpoint import load_checkpoint
-from etarec.train.trainer import predict, train
+from etarec.train.inference import predict
+from etarec.train.trainer import train
 from runs import (ENV, REPO, assert_same_metrics, killed_and_resumed_two_process_run, run, tiny_raw, torchrun,
                   write_config)
 from test_every_model_serves import request

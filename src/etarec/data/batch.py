@@ -96,6 +96,10 @@ class Batch:
         """The short window [B, S] of a [B, L, ...] history tensor (a view, not a copy)."""
         return tensor[:, tensor.shape[1] - self.short_len :]
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Samples start:stop of the batch (views, no copies)."""
+        return self._map(lambda tensor: tensor[start:stop])
+
     def to(self, device: torch.device | str) -> "Batch":
         """The batch on `device`; from pinned memory (pin_memory()) the copies do not block the host."""
         return self._map(lambda tensor: _unread_like(tensor, device) if _is_unread(tensor)

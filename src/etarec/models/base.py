@@ -65,8 +65,13 @@ class ItemCache:
     weights do not change. Evaluation and serving own one (`model.item_cache()`); training has none."""
 
     def fill(self, items: torch.Tensor, categories: torch.Tensor) -> None:
-        """Compute the entries of items [V] (categories [V]) now, e.g. the whole catalog at load."""
+        """Compute the entries of items [V] (categories [V]) now."""
         raise NotImplementedError
+
+    def fill_catalog(self, item_categories: torch.Tensor) -> None:
+        """Compute every item's entry now, item_categories [V] giving each item's category: the
+        Scorer at load, evaluation before its passes (which then only read the cache)."""
+        self.fill(torch.arange(len(item_categories), device=item_categories.device), item_categories)
 
 
 class LongInterest(nn.Module):

@@ -93,7 +93,7 @@ class Scorer:
         self.cache = model.item_cache()  # on the model's device
         if self.cache is not None:
             with torch.inference_mode():
-                self.cache.fill(torch.arange(len(item_category), device=self.device), item_category)
+                self.cache.fill_catalog(item_category)
         # CPU: chunks whose intermediates stay in cache; a GPU takes all candidates in one pass
         self.chunk = CANDIDATE_CHUNK if self.device.type == "cpu" else None
         embeddings = model.embeddings

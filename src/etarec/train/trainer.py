@@ -37,6 +37,7 @@ from etarec.nn.embeddings import Vocab
 from etarec.train import distributed
 from etarec.store.checkpoint import load_checkpoint, save_checkpoint
 from etarec.train.distributed import World
+from etarec.train.inference import predict
 from etarec.train.metrics import DEFAULT_LENGTH_EDGES, all_metrics, metrics_by_length
 from etarec.train.state import STATE_FILE, Progress, load_state
 
@@ -45,24 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
-            progress: bool = False, description: str = "evaluate") -> tuple[np.ndarray, float]:
-    """(probabilities [N], inference samples/s) over a split, in sample order."""
-    model.eval()
-    device = next(model.parameters()).device
-    cache = model.item_cache()  # the weights hold still here: each item's signature is hashed once
-    outputs = []
-    started = time.perf_counter()
-    batches = builder.batches(samples, batch_size)
-    total = math.ceil(len(samples) / batch_size)
-    for batch in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
-        outputs.append(torch.sigmoid(model(batch.to(device), cache)).cpu())
-    seconds = time.perf_counter() - started
-    probabilities = torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
-    return probabilities, len(samples) / max(seconds, 1e-9)
 
 
 def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, batch_size: int,
@@ -82,7 +65,9 @@ def evaluate_split(model: nn.Module, builder: BatchBuilder, samples: Samples, ba
             raise EtarecError(f"rank {world.rank} holds no {description} sample; train on fewer processes")
         share = np.concatenate([share, np.zeros(max(0, (passes - 1) * batch_size + 1 - len(share)), dtype=share.dtype)])
     mine = Samples(**{f.name: getattr(samples, f.name)[share] for f in fields(Samples)})
-    local, _ = predict(model, builder, mine, batch_size, progress and world.main, description)
+    # a collective forward (sharded tables) must run whole batches, in step with the other ranks
+    local, _ = predict(model, builder, mine, batch_size, progress and world.main, description,
+                       workers=1 if equal_passes else None)
     local = local[:predicted]
     if held is None:
         probabilities = world.gather_shares(local, len(samples))
