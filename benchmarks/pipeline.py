@@ -396,6 +396,8 @@ def plot(points: list[dict], path: Path) -> None:
     from matplotlib import ticker
 
     trains = [p for p in points if p["kind"] == "train"]
+    values = [p["train_sps"] for p in trains if p.get("train_sps")]
+    wide = bool(values) and max(values) / min(values) >= 10  # a log axis only where it spans a decade
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for index, model in enumerate(dict.fromkeys(p["model"] for p in trains)):
         for loaded in (False, True):
@@ -404,14 +406,17 @@ def plot(points: list[dict], path: Path) -> None:
                 axis.plot(lengths, [median(trains, "train_sps", model=model, L=L, loaded=loaded) for L in lengths],
                           "--" if loaded else "-", color=f"C{index}", marker="o",
                           label=f"{model}, {'one busy process beside' if loaded else 'quiet'}")
-    axis.set(xscale="log", yscale="log", xlabel="history window L",
+    axis.set(xscale="log", yscale="log" if wide else "linear", xlabel="history window L",
              ylabel="samples/s (etarec train, batch building included)",
              title=f"etarec train end to end, {os.cpu_count()} cores")
     axis.set_xticks(sorted({p["L"] for p in trains}), [f"{L:,}" for L in sorted({p["L"] for p in trains})])
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
     axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    axis.yaxis.set_minor_formatter(ticker.FuncFormatter(  # 2, 3 and 5 x 10^n labelled too
-        lambda value, _: f"{value:,.0f}" if f"{value:.0e}"[0] in "235" else ""))
+    if wide:
+        axis.yaxis.set_minor_formatter(ticker.FuncFormatter(  # 2, 3 and 5 x 10^n labelled too
+            lambda value, _: f"{value:,.0f}" if f"{value:.0e}"[0] in "235" else ""))
+    else:
+        axis.set_ylim(bottom=0)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
