@@ -4,10 +4,10 @@ On the CPU, each batch is cut into chunks of rows and `workers` threads (torch's
 default) score whole chunks, each running torch single-threaded; the chunks' probabilities are
 put back in order. Why not one forward over the batch with torch's own threads: that forward is
 hundreds of parallel regions, each ending when its slowest thread does. Measured on the peer's
-L = 4,096 workload (ETA, 5,000 samples, 2 cores, passive OpenMP waits): 8,800-11,700 samples/s
-with 2 OpenMP threads, 16,500-19,200 with 2 single-threaded workers; beside one busy process
-6,600-7,700 against 11,500-12,700 (benchmarks/RESULTS.md, "Inference in chunks"). A descheduled
-worker delays its own chunk only; the other worker goes on to the next.
+L = 4,096 workload (ETA, 5,000 samples, 2 cores, the CLI's passive OpenMP waits): 15,100 samples/s
+with 2 OpenMP threads, 19,900 with 2 single-threaded workers; beside one busy process 9,200
+against 12,800 (benchmarks/inference_chunks.py; RESULTS.md, "Inference in chunks"). A
+descheduled worker delays its own chunk only; the other worker goes on to the next.
 
 A chunk's rows and window positions are capped by constants (not by the worker count), so the
 probabilities do not depend on how many workers there are: rows are scored independently, and
