@@ -74,7 +74,7 @@ def _in_chunks(model: nn.Module, builder: BatchBuilder, batches, workers: int, r
         cache.fill_catalog(torch.from_numpy(builder.data.item_category))
 
     def score(chunk) -> torch.Tensor:  # [rows] in a worker, torch single-threaded there
-        with torch.no_grad():
+        with torch.no_grad():  # grad mode is per thread: the caller's does not reach the workers
             return torch.sigmoid(model(chunk, cache))
 
     outputs: list[torch.Tensor] = []

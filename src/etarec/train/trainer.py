@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from etarec.atomic import atomic_write_bytes, write_text_atomically
+from etarec.atomic import write_text_atomically
 from etarec.config import Config, build_config, dump_config
 from etarec.data.batch import Batch, BatchBuilder, epoch_order, rank_share
 from etarec.data.prefetch import prefetched
